@@ -17,8 +17,9 @@ Occlusion: a new object is placed next to an existing one with probability
 ``cluster_probability``, else uniformly; the defaults give about 40 % occluded instances, some
 hidden by two or more objects (``python -m data_prep.synthetic`` prints the measured figures).
 Our choice on hidden instances: every instance keeps at least ``min_visible_fraction`` of its
-amodal area visible. A placement that would hide more of an earlier instance is re-drawn (and
-the object left out after ``placement_attempts`` failures). Fully or almost fully hidden
+amodal area visible, and an occluded instance has at least ``min_occluded_fraction`` of it
+hidden (no slivers of a few pixels). A placement that breaks either rule for an earlier
+instance is re-drawn (and the object left out after ``placement_attempts`` failures). Fully or almost fully hidden
 objects cannot be detected from pixels at all, so they would only add ground truth no model
 can recall; real amodal datasets (COCOA, D2SA) annotate what an annotator can see, too.
 
@@ -97,6 +98,8 @@ class SceneConfig:
       min_area: smallest in-image amodal area, fraction of S * S.
       min_visible_fraction: every instance keeps at least this fraction of its amodal area
         visible (0 keeps fully hidden instances).
+      min_occluded_fraction: an occluded instance has at least this fraction of its amodal
+        area hidden; slivers of a few hidden pixels would make "occluded or not" ambiguous.
       cluster_probability: chance to place a new object next to an existing one, the main
         knob of the occluded fraction.
       placement_attempts: tries per object before it is left out.
@@ -109,7 +112,8 @@ class SceneConfig:
     max_radius: float = 0.2
     min_area: float = 0.004
     min_visible_fraction: float = 0.25
-    cluster_probability: float = 0.5
+    min_occluded_fraction: float = 0.02
+    cluster_probability: float = 0.55
     placement_attempts: int = 20
 
     def __post_init__(self):
@@ -350,8 +354,11 @@ def generate_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
                 continue
             covered = np.bincount(owner[mask] + 1, minlength=len(masks) + 1)[1:]
             left = visible_area - covered
-            if np.any(left < config.min_visible_fraction * amodal_area) or np.any(
-                    (covered > 0) & (left <= 0)):
+            hidden = amodal_area - left
+            if (np.any(left < config.min_visible_fraction * amodal_area)
+                    or np.any((covered > 0) & (left <= 0))
+                    or np.any((hidden > 0)
+                              & (hidden < config.min_occluded_fraction * amodal_area))):
                 continue
             break
         else:

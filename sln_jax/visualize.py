@@ -1,0 +1,300 @@
+"""Pictures of amodal scenes and predictions: masks, layers, sem-dist maps, depth order.
+
+* ``draw_instances`` paints instances over an image (NumPy + OpenCV, no matplotlib): a
+  translucent fill on each visible part, diagonal hatching on each occluded part, an outline
+  of each amodal mask, and a label per instance. Works for ground truth and for predictions.
+* ``depth_order_graph`` draws who is in front of whom on a matplotlib axis.
+* ``save_scene_preview`` writes one PNG: the image, the drawn instances, the global layering
+  map, the depth-order graph and each instance's sem-dist map (cropped to its box).
+
+Matplotlib is used through ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), so it
+never needs a screen and is safe in worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+
+from sln_jax import layering, semdist
+
+__all__ = ["instance_colors", "draw_instances", "depth_order_graph", "save_scene_preview"]
+
+# Distinct, saturated colors (matplotlib's tab10 then tab20's lighter shades), cycled.
+_PALETTE = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+], np.uint8)
+
+
+def instance_colors(n: int) -> np.ndarray:
+    """uint8 [n, 3] RGB colors, one per instance index (cycled after 20)."""
+    return _PALETTE[np.arange(n) % len(_PALETTE)]
+
+
+def _check_scene(image: np.ndarray, amodal: np.ndarray, visible: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    amodal = np.asarray(amodal, bool)
+    visible = np.asarray(visible, bool)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    if amodal.ndim != 3 or amodal.shape[1:] != image.shape[:2]:
+        raise ValueError(f"amodal must be [N, H, W] with (H, W) = {image.shape[:2]}, "
+                         f"got {amodal.shape}")
+    if visible.shape != amodal.shape:
+        raise ValueError(f"visible {visible.shape} and amodal {amodal.shape} differ")
+    return image, amodal, visible
+
+
+def draw_instances(image: np.ndarray, amodal: np.ndarray, visible: np.ndarray,
+                   labels: Sequence[str] | None = None,
+                   scores: Sequence[float] | None = None,
+                   alpha: float = 0.45) -> np.ndarray:
+    """Instances painted over an image.
+
+    Visible parts get a translucent fill in the instance's color, occluded parts
+    (amodal minus visible) get diagonal hatching in that color, and each amodal mask gets an
+    outline drawn just inside it. Without labels and scores every changed pixel lies inside
+    an amodal mask. Colors follow ``instance_colors`` by instance index.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      amodal: bool [N, H, W] amodal masks.
+      visible: bool [N, H, W] visible masks.
+      labels: N strings (e.g. class names), each written with the instance index on a tag
+        centered on the instance's visible part.
+      scores: N floats appended to the labels (detections).
+      alpha: opacity of the visible fills.
+
+    Returns:
+      uint8 [H, W, 3] RGB.
+    """
+    image, amodal, visible = _check_scene(image, amodal, visible)
+    n, h, w = amodal.shape
+    for name, values in (("labels", labels), ("scores", scores)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries for {n} instances")
+    colors = instance_colors(n).astype(np.float32)
+    out = image.astype(np.float32)
+    # Visible fills: each pixel is visible for at most one instance in a consistent scene;
+    # where predictions overlap, the later instance wins.
+    for i in range(n):
+        out[visible[i]] = (1 - alpha) * out[visible[i]] + alpha * colors[i]
+    # Hatching over the occluded parts, drawn after the fills so it shows on the occluders.
+    period = max(4, h // 48)
+    yy, xx = np.mgrid[:h, :w]
+    stripe = (xx + yy) % period < (period + 1) // 2
+    for i in range(n):
+        hidden = amodal[i] & ~visible[i]
+        out[hidden & stripe] = 0.35 * out[hidden & stripe] + 0.65 * colors[i]
+        out[hidden & ~stripe] = 0.8 * out[hidden & ~stripe] + 0.2 * colors[i]
+    # Outlines inside the masks: mask minus its erosion.
+    width = max(1, h // 200)
+    kernel = np.ones((2 * width + 1, 2 * width + 1), np.uint8)
+    for i in range(n):
+        mask = amodal[i].astype(np.uint8)
+        edge = amodal[i] & ~cv2.erode(mask, kernel, borderValue=0).astype(bool)
+        out[edge] = colors[i]
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if labels is not None or scores is not None:
+        _draw_labels(out, amodal, visible, labels, scores, colors)
+    return out
+
+
+def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of ``mask`` farthest from its border: a label there sits on
+    the region it names."""
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x) - 1, int(y) - 1
+
+
+def _draw_labels(out: np.ndarray, amodal: np.ndarray, visible: np.ndarray,
+                 labels: Sequence[str] | None, scores: Sequence[float] | None,
+                 colors: np.ndarray) -> None:
+    """Write each instance's label on a filled tag centered on its visible part (its
+    amodal mask when nothing is visible), in place."""
+    h, w = out.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.3, min(h, w) / 900)
+    thickness = 1
+    for i in range(amodal.shape[0]):
+        region = visible[i] if visible[i].any() else amodal[i]
+        if not region.any():
+            continue
+        parts = [f"{i}"]
+        if labels is not None:
+            parts.append(str(labels[i]))
+        if scores is not None:
+            parts.append(f"{float(scores[i]):.2f}")
+        text = " ".join(parts)
+        (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+        cx, cy = _label_anchor(region)
+        # Keep the whole tag inside the image.
+        x = min(max(cx - tw // 2, 0), max(w - tw - 2, 0))
+        y = min(max(cy + th // 2, th + base + 2), h - 1)
+        color = tuple(int(c) for c in colors[i])
+        cv2.rectangle(out, (x, y - th - base - 2), (x + tw + 2, y), color, cv2.FILLED)
+        ink = (0, 0, 0) if colors[i] @ (0.299, 0.587, 0.114) > 140 else (255, 255, 255)
+        cv2.putText(out, text, (x + 1, y - base - 1), font, scale, ink, thickness,
+                    cv2.LINE_AA)
+
+
+def _depth_levels(front: np.ndarray) -> np.ndarray:
+    """int [N] length of the longest "in front of" chain ending at each node (0 = front).
+
+    Relaxation for at most N rounds, so predicted orders with cycles still get levels.
+    """
+    n = front.shape[0]
+    level = np.zeros(n, np.int64)
+    for _ in range(n):
+        reach = np.where(front, level[:, None] + 1, 0).max(axis=0, initial=0)
+        new = np.minimum(np.maximum(level, reach), n - 1)
+        if np.array_equal(new, level):
+            break
+        level = new
+    return level
+
+
+def depth_order_graph(ax, depth_order: np.ndarray, labels: Sequence[str] | None = None):
+    """Draw the depth-order graph on a matplotlib axis: an arrow i -> j for "i is in front
+    of j"; nodes are arranged in rows by depth (front row on top).
+
+    Args:
+      ax: a matplotlib ``Axes``.
+      depth_order: int [N, N], +1 where i is in front of j (``semdist.depth_order``).
+      labels: N node captions (e.g. class names); node i shows its index i.
+
+    Returns:
+      The axis.
+    """
+    depth_order = np.asarray(depth_order)
+    n = depth_order.shape[0]
+    if depth_order.shape != (n, n):
+        raise ValueError(f"depth_order must be [N, N], got {depth_order.shape}")
+    front = depth_order > 0
+    levels = _depth_levels(front)
+    xs = np.zeros(n)
+    for lv in np.unique(levels):
+        members = np.flatnonzero(levels == lv)
+        xs[members] = np.linspace(0, 1, len(members) + 2)[1:-1]
+    ys = -levels.astype(np.float64)
+    colors = instance_colors(n) / 255.0
+    radius = 0.045
+    for i, j in zip(*np.nonzero(front)):
+        ax.annotate("", xy=(xs[j], ys[j]), xytext=(xs[i], ys[i]),
+                    arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.2,
+                                    shrinkA=12, shrinkB=12))
+    for i in range(n):
+        ax.scatter([xs[i]], [ys[i]], s=380, color=colors[i], edgecolors="black", zorder=3)
+        ax.text(xs[i], ys[i], str(i), ha="center", va="center", fontsize=9, zorder=4,
+                color="black" if colors[i] @ (0.299, 0.587, 0.114) > 0.55 else "white")
+        if labels is not None:
+            ax.text(xs[i], ys[i] - 0.28, str(labels[i]), ha="center", va="top", fontsize=7)
+    depth = int(levels.max()) if n else 0
+    ax.set_xlim(-radius, 1 + radius)
+    ax.set_ylim(-depth - 0.6, 0.5)
+    ax.set_axis_off()
+    ax.set_title("depth order (arrow: in front of)" if n else "depth order (no instances)",
+                 fontsize=10)
+    return ax
+
+
+def _upscale(array: np.ndarray, factor: int, axes: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upscaling by an integer ``factor`` along the two image ``axes``."""
+    return np.repeat(np.repeat(array, factor, axes[0]), factor, axes[1])
+
+
+def save_scene_preview(path: str, image: np.ndarray, amodal: np.ndarray,
+                       visible: np.ndarray, classes: Sequence[int], num_layers: int,
+                       order: np.ndarray | None = None,
+                       class_names: Mapping[int, str] | None = None) -> None:
+    """Write a PNG summarising a scene.
+
+    Top row: the image; its instances (``draw_instances``: fills on visible parts,
+    hatching on occluded parts, amodal outlines, labels); the global layering map; the
+    depth-order graph. Below: each instance's sem-dist map cropped to its amodal box, titled
+    with index, class and occlusion rate.
+
+    Args:
+      path: output PNG file.
+      image: uint8 [H, W, 3] RGB.
+      amodal: bool [N, H, W] amodal masks.
+      visible: bool [N, H, W] visible masks.
+      classes: int [N] class ids.
+      num_layers: K for the global layering map and the sem-dist levels.
+      order: int [N] depth rank (smaller = nearer); derived from the masks when None.
+      class_names: class id -> name for the labels (ids are shown otherwise).
+    """
+    image, amodal, visible = _check_scene(image, amodal, visible)
+    n, h, w = amodal.shape
+    classes = np.asarray(classes)
+    if classes.shape != (n,):
+        raise ValueError(f"classes must have shape ({n},), got {classes.shape}")
+    if order is None:
+        order = layering.order_from_visibility(amodal, visible)
+    names = [class_names.get(int(c), str(int(c))) if class_names else str(int(c))
+             for c in classes]
+    layers = layering.instance_layers(amodal, order)
+    sem = semdist.encode(layers, num_layers)
+    global_map = layering.global_layers(amodal, num_layers)
+    occlusion = [float((amodal[i] & ~visible[i]).sum()) / max(int(amodal[i].sum()), 1)
+                 for i in range(n)]
+
+    factor = max(1, math.ceil(384 / max(h, w)))
+    # Drawn larger than small images, so outlines, hatching and labels stay legible.
+    drawn = draw_instances(_upscale(image, factor, (0, 1)), _upscale(amodal, factor, (1, 2)),
+                           _upscale(visible, factor, (1, 2)), labels=names)
+
+    per_row = 6
+    rows = math.ceil(n / per_row)
+    fig = Figure(figsize=(16, 4.4 + 2.5 * rows), dpi=100, layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.4, max(2.5 * rows, 0.01)])
+    axes = top.subplots(1, 4, width_ratios=[1, 1, 1.2, 1])
+    axes[0].imshow(image, interpolation="nearest")
+    axes[0].set_title(f"image {w}x{h}", fontsize=10)
+    axes[1].imshow(drawn, interpolation="nearest")
+    axes[1].set_title("visible: fill, occluded: hatched, amodal: outline", fontsize=10)
+    cmap = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
+        tuple(c) for c in np.linspace((0.25, 0.45, 0.85), (1.0, 0.85, 0.2), num_layers - 1)])
+    shown = axes[2].imshow(global_map, cmap=cmap, vmin=-0.5, vmax=num_layers - 0.5,
+                           interpolation="nearest")
+    axes[2].set_title(f"global layers (objects per pixel, K = {num_layers})", fontsize=10)
+    bar = top.colorbar(shown, ax=axes[2], ticks=range(num_layers), shrink=0.85)
+    bar.ax.tick_params(labelsize=8)
+    for ax in axes[:3]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    depth_order_graph(axes[3], semdist.depth_order(layers), names)
+
+    if n:
+        grid = bottom.subplots(rows, per_row, squeeze=False)
+        boxes = layering.masks_to_boxes(amodal).astype(int)
+        for k, ax in enumerate(grid.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k >= n:
+                ax.set_axis_off()
+                continue
+            y1, x1, y2, x2 = boxes[k]
+            pad = max(2, (max(y2 - y1, x2 - x1)) // 10)
+            window = (slice(max(y1 - pad, 0), min(y2 + pad, h)),
+                      slice(max(x1 - pad, 0), min(x2 + pad, w)))
+            shown = ax.imshow(sem[k][window], cmap="magma", vmin=0, vmax=num_layers + 1,
+                              interpolation="nearest")
+            for side in ax.spines.values():
+                side.set_edgecolor(instance_colors(n)[k] / 255.0)
+                side.set_linewidth(3)
+            ax.set_title(f"{k} {names[k]}  occ {occlusion[k]:.1%}", fontsize=9)
+        bar = bottom.colorbar(shown, ax=grid, shrink=0.8, ticks=range(num_layers + 2))
+        bar.set_label("sem-dist (K - layer + distance)", fontsize=8)
+        bar.ax.tick_params(labelsize=8)
+    fig.savefig(path, format="png")
