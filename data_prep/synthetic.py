@@ -189,7 +189,8 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 def _ramp(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """float32 [h, w] linear ramp in [0, 1] along a random direction."""
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    yy, xx = np.ogrid[:h, :w]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
     t = xx * np.cos(angle) + yy * np.sin(angle)
     return (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
 
@@ -197,7 +198,8 @@ def _ramp(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 def _stripes(rng: np.random.Generator, h: int, w: int, period: float) -> np.ndarray:
     """float32 [h, w] soft stripes in [0, 1] of the given period, random direction."""
     angle = rng.uniform(0, np.pi)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    yy, xx = np.ogrid[:h, :w]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
     t = (xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period)
     return np.clip(0.5 + 0.8 * np.sin(t + rng.uniform(0, 2 * np.pi)), 0, 1)
 
@@ -273,7 +275,8 @@ def _ellipse_mask(size: int, cy: float, cx: float, ry: float, rx: float, angle: 
     x0, x1 = max(int(cx - reach), 0), min(int(np.ceil(cx + reach)) + 1, size)
     if y0 >= y1 or x0 >= x1:
         return mask
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
     dy, dx = yy - cy, xx - cx
     c, s = np.cos(angle), np.sin(angle)
     u, v = dx * c + dy * s, -dx * s + dy * c
@@ -352,7 +355,10 @@ def generate_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
             area = int(np.count_nonzero(mask))
             if area < min_area:
                 continue
-            covered = np.bincount(owner[mask] + 1, minlength=len(masks) + 1)[1:]
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            inside = mask[box]
+            covered = np.bincount(owner[box][inside] + 1, minlength=len(masks) + 1)[1:]
             left = visible_area - covered
             hidden = amodal_area - left
             if (np.any(left < config.min_visible_fraction * amodal_area)
@@ -371,12 +377,9 @@ def generate_scene(rng: np.random.Generator, config: SceneConfig) -> Scene:
             hue = float(candidates[int(np.argmax(spread))])
         else:
             hue = float(candidates[0])
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         fill = _object_fill(rng, cls, hue, rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])
-        inside = mask[box]
         image[box][inside] = fill[inside]
-        owner[mask] = len(masks)
+        owner[box][inside] = len(masks)
         visible_area = np.append(visible_area - covered, area)
         amodal_area = np.append(amodal_area, area)
         masks.append(mask)
