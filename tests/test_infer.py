@@ -120,7 +120,7 @@ def test_find_images_directory_glob_and_file(tmp_path):
 
 def test_default_canvas_sizes_are_multiples_of_64():
     assert infer.default_canvas_sizes(512) == (512, 768, 1024)
-    assert infer.default_canvas_sizes(200) == (200, 320, 448)
+    assert infer.default_canvas_sizes(192) == (192, 320, 384)
 
 
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000))
