@@ -1,0 +1,380 @@
+"""CLI: annotation file + images -> sharded TFRecords with precomputed layering targets.
+
+    python -m data_prep.convert --dataset {synthetic,cocoa,cocoa_cls,d2sa} \\
+        --annotations FILE --images DIR --output DIR [--num_shards N] [--workers W] \\
+        [--num_layers K] [--split NAME] [--mask_target_size P] [--overwrite]
+
+Writes ``OUTPUT/{split}.tfrecord-{i:05d}-of-{N:05d}`` (schema: ``data_prep.records``) and
+merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, shard files
+and example counts, statistics and every warning counter). Each shard is written by one
+worker process under ``<shard>.incomplete`` and renamed when complete, after its statistics
+(``OUTPUT/shard_stats/<shard>.json``); a re-run skips complete shards (resume) unless
+``--overwrite``. Bad input stops the run with one line naming the file and the image /
+annotation id (exit status 1) and leaves no partial shard behind; repairable problems are
+counted in the metadata instead (see ``data_prep.scene``).
+
+Images are split into shards contiguously in the annotation file's order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import queue as queue_lib
+import sys
+from typing import Callable
+
+import numpy as np
+
+from data_prep import cocoa, d2sa
+from data_prep.images import read_image
+from data_prep.records import SCHEMA_VERSION, serialize
+from data_prep.scene import AnnotationSet, DataError, SceneSource, load_scene
+from data_prep.targets import build_targets
+
+__all__ = ["READERS", "ConversionSettings", "shard_name", "convert", "main"]
+
+READERS: dict[str, Callable[[str, str], AnnotationSet]] = {
+    "synthetic": d2sa.read,
+    "d2sa": d2sa.read,
+    "cocoa": cocoa.read,
+    "cocoa_cls": cocoa.read_cls,
+}
+
+DEFAULT_NUM_SHARDS = 8
+INCOMPLETE_SUFFIX = ".incomplete"
+STATS_DIR = "shard_stats"
+METADATA = "metadata.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionSettings:
+    """What a shard depends on; a resumed run must match it."""
+
+    dataset: str
+    annotations: str
+    split: str
+    num_layers: int
+    mask_target_size: int
+    num_shards: int
+    schema_version: int = SCHEMA_VERSION
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    """``train.tfrecord-00003-of-00008``."""
+    return f"{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + INCOMPLETE_SUFFIX
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _image_digest(sources: list[SceneSource]) -> str:
+    ids = ",".join(str(s.image_id) for s in sources)
+    return hashlib.sha1(ids.encode()).hexdigest()
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _convert_shard(job: tuple) -> dict:
+    """Write one shard (worker process); returns its statistics (also saved as JSON)."""
+    sources, output, name, num_classes, settings = job
+    k, p = settings.num_layers, settings.mask_target_size
+    path = os.path.join(output, name)
+    tmp = path + INCOMPLETE_SUFFIX
+    warnings: collections.Counter = collections.Counter()
+    stats = {"settings": dataclasses.asdict(settings), "images": _image_digest(sources),
+             "num_examples": 0, "instances": 0, "occluded_instances": 0,
+             "stuff_instances": 0, "instance_layer_pixels": [0] * k,
+             "global_layer_pixels": [0] * k}
+    import tensorflow as tf  # imported in the worker only: it is slow to load
+
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for source in sources:
+                scene = load_scene(source, num_classes, warnings)
+                image = read_image(source.image_path, source.image_id, source.height,
+                                   source.width)
+                if image.converted_from is not None:
+                    warnings["image_converted"] += 1
+                targets = build_targets(scene, k, p, warnings)
+                writer.write(serialize(scene, image, targets))
+                stats["num_examples"] += 1
+                stats["instances"] += scene.num_instances
+                stats["occluded_instances"] += int((scene.occlusion > 0).sum())
+                stats["stuff_instances"] += int(scene.is_stuff.sum())
+                stats["instance_layer_pixels"] = (
+                    np.add(stats["instance_layer_pixels"], targets.layer_pixels).tolist())
+                stats["global_layer_pixels"] = np.add(
+                    stats["global_layer_pixels"],
+                    np.bincount(targets.global_layers.ravel(), minlength=k)).tolist()
+                if _progress_queue is not None:
+                    _progress_queue.put(1)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    stats["warnings"] = dict(warnings)
+    _write_atomic(os.path.join(output, STATS_DIR, name + ".json"),
+                  json.dumps(stats).encode())
+    os.replace(tmp, path)
+    return stats
+
+
+def _load_stats(output: str, name: str) -> dict | None:
+    path = os.path.join(output, STATS_DIR, name + ".json")
+    if not os.path.isfile(os.path.join(output, name)) or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _remove_split(output: str, split: str) -> None:
+    pattern = f"{split}.tfrecord-*"
+    for path in glob.glob(os.path.join(output, pattern)):
+        os.remove(path)
+    for path in glob.glob(os.path.join(output, STATS_DIR, pattern)):
+        os.remove(path)
+
+
+def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) -> dict:
+    """Split-level statistics from per-shard statistics."""
+    warnings = collections.Counter(reader_warnings)
+    total = collections.Counter()
+    k = len(shard_stats[0]["instance_layer_pixels"]) if shard_stats else 0
+    layer_pixels, global_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for stats in shard_stats:
+        warnings.update(stats["warnings"])
+        for key in ("num_examples", "instances", "occluded_instances", "stuff_instances"):
+            total[key] += stats[key]
+        layer_pixels += np.asarray(stats["instance_layer_pixels"], np.int64)
+        global_pixels += np.asarray(stats["global_layer_pixels"], np.int64)
+    order_keys = ("order_contradicts_masks", "order_tie", "depth_constraint_conflict",
+                  "visibility_order_cycle")
+    return {
+        "images": total["num_examples"],
+        "instances": total["instances"],
+        "occluded_instances": total["occluded_instances"],
+        "occluded_fraction": total["occluded_instances"] / max(total["instances"], 1),
+        "stuff_instances": total["stuff_instances"],
+        "instance_layer_pixels": layer_pixels.tolist(),
+        "global_layer_pixels": global_pixels.tolist(),
+        "conflicts": {
+            "order": int(sum(warnings[key] for key in order_keys)),
+            "visible_layer": int(warnings["visible_layer_conflict"]),
+        },
+        "warnings": dict(sorted(warnings.items())),
+    }
+
+
+def _update_metadata(output: str, settings: ConversionSettings, annotations: AnnotationSet,
+                     files: list[str], counts: list[int], statistics: dict) -> dict:
+    path = os.path.join(output, METADATA)
+    metadata = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            metadata = json.load(f)
+    common = {
+        "schema_version": SCHEMA_VERSION,
+        "num_layers": settings.num_layers,
+        "mask_target_size": settings.mask_target_size,
+        "num_classes": len(annotations.classes),
+        "classes": {str(k): v for k, v in annotations.classes.items()},
+        "category_ids": {str(k): v for k, v in annotations.category_ids.items()},
+    }
+    for key, value in common.items():
+        if key in metadata and metadata[key] != value:
+            raise DataError(f"{path}: {key} = {metadata[key]!r} from an earlier conversion "
+                            f"differs from {value!r}; use another --output or --overwrite")
+    metadata.update(common)
+    metadata.setdefault("splits", {})[settings.split] = {
+        "dataset": settings.dataset,
+        "annotations": settings.annotations,
+        "num_examples": int(sum(counts)),
+        "files": files,
+        "examples_per_file": counts,
+        "statistics": statistics,
+    }
+    _write_atomic(path, json.dumps(metadata, indent=1).encode())
+    return metadata
+
+
+def convert(dataset: str, annotations: str, images: str, output: str, *, split: str,
+            num_shards: int | None = None, workers: int = 1, num_layers: int = 4,
+            mask_target_size: int = 32, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Convert one split; see the module docstring.
+
+    Args:
+      dataset: a key of ``READERS``.
+      annotations: annotation JSON file.
+      images: image directory.
+      output: output directory (created).
+      split: split name used in file names and metadata.
+      num_shards: shard count (default: min(8, number of images), at least 1).
+      workers: worker processes (1 = in this process).
+      num_layers: K.
+      mask_target_size: P.
+      overwrite: delete this split's shards first instead of resuming.
+      progress: show a tqdm progress bar.
+
+    Returns:
+      the updated metadata dict (also written to ``OUTPUT/metadata.json``).
+
+    Raises:
+      DataError: bad input, or an output made with other settings (without overwrite).
+    """
+    from tqdm import tqdm
+
+    if dataset not in READERS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(READERS)}")
+    if not 2 <= num_layers <= 254:
+        raise DataError(f"--num_layers must be in 2..254, got {num_layers}")
+    if mask_target_size < 1:
+        raise DataError(f"--mask_target_size must be >= 1, got {mask_target_size}")
+    annotation_set = READERS[dataset](annotations, images)
+    sources = annotation_set.sources
+    if num_shards is None:
+        num_shards = max(1, min(DEFAULT_NUM_SHARDS, len(sources)))
+    if num_shards < 1:
+        raise DataError(f"--num_shards must be >= 1, got {num_shards}")
+    settings = ConversionSettings(dataset, os.path.abspath(annotations), split, num_layers,
+                                  mask_target_size, num_shards)
+    os.makedirs(os.path.join(output, STATS_DIR), exist_ok=True)
+    if overwrite:
+        _remove_split(output, split)
+    names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    stale = {os.path.basename(p) for p in glob.glob(os.path.join(output, f"{split}.tfrecord-*"))
+             if not p.endswith(INCOMPLETE_SUFFIX)} - set(names)
+    if stale:
+        raise DataError(f"{output}: holds shards of split {split!r} with another shard count "
+                        f"({sorted(stale)[0]}); use --overwrite")
+    bounds = np.linspace(0, len(sources), num_shards + 1).round().astype(int)
+    jobs, done = [], {}
+    for i, name in enumerate(names):
+        part = sources[bounds[i]:bounds[i + 1]]
+        stats = _load_stats(output, name)
+        if stats is not None:
+            if (stats["settings"] != dataclasses.asdict(settings)
+                    or stats["images"] != _image_digest(part)):
+                raise DataError(f"{os.path.join(output, name)}: made with other settings or "
+                                "annotations; use --overwrite")
+            done[i] = stats
+        else:
+            jobs.append((i, (part, output, name, len(annotation_set.classes), settings)))
+    results = dict(done)
+    with tqdm(total=len(sources), desc=f"convert {split}", unit="img",
+              disable=not progress) as bar:
+        bar.update(sum(s["num_examples"] for s in done.values()))
+        if workers <= 1 or len(jobs) <= 1:
+            _init_worker(None)
+            for i, job in jobs:
+                results[i] = _convert_shard(job)
+                bar.update(results[i]["num_examples"])
+        else:
+            results.update(_run_pool(jobs, workers, bar, output, split))
+    shard_stats = [results[i] for i in range(num_shards)]
+    statistics = _summarize(shard_stats, annotation_set.warnings)
+    return _update_metadata(output, settings, annotation_set, names,
+                            [s["num_examples"] for s in shard_stats], statistics)
+
+
+def _run_pool(jobs: list, workers: int, bar, output: str, split: str) -> dict[int, dict]:
+    """Run shard jobs in a process pool, feeding the progress bar; clean up on failure."""
+    # spawn: the parent may hold threads (BLAS, OpenCV) that make fork unsafe.
+    context = multiprocessing.get_context("spawn")
+    progress_queue = context.Queue()
+    pool = context.Pool(min(workers, len(jobs)), initializer=_init_worker,
+                        initargs=(progress_queue,))
+    try:
+        pending = {i: pool.apply_async(_convert_shard, (job,)) for i, job in jobs}
+        results = {}
+        while pending:
+            try:
+                while True:
+                    bar.update(progress_queue.get(timeout=0.2))
+            except queue_lib.Empty:
+                pass
+            for i in [i for i, r in pending.items() if r.ready()]:
+                results[i] = pending.pop(i).get()  # re-raises a worker's DataError
+        pool.close()
+        return results
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        # Workers killed mid-shard leave their temporary file behind.
+        for path in glob.glob(os.path.join(output, f"{split}.tfrecord-*{INCOMPLETE_SUFFIX}")):
+            os.remove(path)
+        raise
+    finally:
+        pool.join()
+
+
+def _default_split(annotations: str) -> str:
+    stem = os.path.splitext(os.path.basename(annotations))[0].lower()
+    for split in ("train", "val", "test"):
+        if split in stem:
+            return split
+    raise DataError(f"{annotations}: cannot tell the split from the file name; pass --split")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.convert",
+        description="Convert amodal annotations to sharded TFRecords with layering targets.")
+    parser.add_argument("--dataset", required=True, choices=sorted(READERS))
+    parser.add_argument("--annotations", required=True, help="annotation JSON file")
+    parser.add_argument("--images", required=True, help="image directory")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help=f"shards (default: min({DEFAULT_NUM_SHARDS}, images))")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="worker processes")
+    parser.add_argument("--num_layers", type=int, default=4, help="K, layer classes")
+    parser.add_argument("--split", default=None,
+                        help="split name (default: train/val/test from the file name)")
+    parser.add_argument("--mask_target_size", type=int, default=32,
+                        help="P, side of the per-instance target crops")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo this split instead of resuming")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (1 with a one-line message on bad input)."""
+    args = _parse_args(argv)
+    try:
+        split = args.split or _default_split(args.annotations)
+        metadata = convert(args.dataset, args.annotations, args.images, args.output,
+                           split=split, num_shards=args.num_shards, workers=args.workers,
+                           num_layers=args.num_layers, mask_target_size=args.mask_target_size,
+                           overwrite=args.overwrite, progress=not args.no_progress)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    stats = metadata["splits"][split]["statistics"]
+    print(f"{split}: {stats['images']} images, {stats['instances']} instances "
+          f"({stats['occluded_fraction']:.1%} occluded) -> {args.output}")
+    if stats["warnings"]:
+        print("warnings: " + ", ".join(f"{k}={v}" for k, v in stats["warnings"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

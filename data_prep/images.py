@@ -1,0 +1,102 @@
+"""Reading, checking and (when needed) re-encoding image files for the records.
+
+An 8-bit RGB JPEG or PNG is stored as its original bytes. Anything else the pipeline's
+``decode_image(channels=3)`` would read differently or not at all (grayscale, gray+alpha,
+RGBA, palette, 1-bit, 16-bit, CMYK, or another container such as BMP / TIFF / WebP) is
+converted to 8-bit RGB and stored as PNG: alpha is dropped (objects are annotated on the
+colour channels), 16-bit samples are scaled by 255 / 65535.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data_prep.scene import DataError
+
+__all__ = ["EncodedImage", "read_image"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImage:
+    """Image bytes ready for a record.
+
+    Attributes:
+      data: JPEG or PNG bytes of an 8-bit RGB image.
+      format: "jpeg" or "png".
+      height, width: size in pixels.
+      converted_from: None when ``data`` is the original file, else the original PIL mode
+        and format (e.g. "L/JPEG", "I;16/PNG").
+    """
+
+    data: bytes
+    format: str
+    height: int
+    width: int
+    converted_from: str | None
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] RGB from any PIL mode (16-bit and 32-bit integer modes rescaled)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(image, np.float64)
+        # PIL reads 16-bit PNGs as mode "I"; their range is 0..65535.
+        gray = np.clip(np.round(gray * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.round(np.asarray(image, np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def read_image(path: str, image_id: int, height: int, width: int) -> EncodedImage:
+    """Read and fully decode an image file, converting it to 8-bit RGB when needed.
+
+    Args:
+      path: image file.
+      image_id: id for error messages.
+      height, width: the size the annotation file gives; the file must match it.
+
+    Returns:
+      EncodedImage.
+
+    Raises:
+      DataError: one line naming the file and image id when the file is missing,
+        unreadable, truncated, or of another size than annotated.
+    """
+    where = f"{path} (image {image_id})"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{where}: image file not found") from None
+    except OSError as err:
+        raise DataError(f"{where}: cannot read image ({err.strerror})") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # full decode: catches truncated files now, not in training
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: unreadable or truncated image ({err})") from None
+    if image.size != (width, height):
+        raise DataError(f"{where}: image is {image.size[1]}x{image.size[0]} but the "
+                        f"annotations say {height}x{width}")
+    # PNG IHDR byte 24 is the bit depth; PIL may report a 16-bit RGB PNG as plain "RGB".
+    sixteen_bit_png = image.format == "PNG" and len(data) > 24 and data[24] == 16
+    if image.format in ("JPEG", "PNG") and image.mode == "RGB" and not sixteen_bit_png:
+        return EncodedImage(data, image.format.lower(), height, width, None)
+    if sixteen_bit_png and image.mode == "RGB":
+        bgr16 = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        rgb = cv2.cvtColor(np.round(bgr16[:, :, :3] / 257.0).astype(np.uint8),
+                           cv2.COLOR_BGR2RGB)
+    else:
+        rgb = _to_rgb8(image)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DataError(f"{where}: could not re-encode the image as PNG")
+    mode = f"{image.mode}16" if sixteen_bit_png and image.mode == "RGB" else image.mode
+    return EncodedImage(png.tobytes(), "png", height, width, f"{mode}/{image.format}")

@@ -1,0 +1,346 @@
+"""The common Scene record every annotation reader produces, and how it is assembled.
+
+Readers (``data_prep.cocoa``, ``data_prep.d2sa``) only parse their JSON into light,
+picklable ``SceneSource`` descriptions (raw segmentations, no decoded masks), so the
+conversion can ship them to worker processes. ``load_scene`` then decodes the masks and
+applies the same repairs to every format, counting each in a ``warnings`` Counter:
+
+* polygons reaching outside the image are clipped (``polygon_clipped``); annotated boxes
+  outside it are counted (``box_clipped``) - boxes are always rebuilt from the masks;
+* visible masks reaching outside the amodal mask are intersected with it
+  (``visible_outside_amodal``);
+* instances with an empty amodal mask are dropped (``empty_amodal_skipped``);
+* annotated depth orders that tie overlapping instances, contradict the visible masks, or
+  contradict the image's depth constraints fall back to the order derived from the visible
+  masks (``order_contradicts_masks``, ``order_tie``, ``depth_constraint_conflict``); a cycle
+  in the visible masks keeps the annotated order, or the index order without one
+  (``visibility_order_cycle``).
+
+Errors that make an annotation unusable raise ``DataError`` with one line naming the
+annotation file, the image id and the annotation id.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from sln_jax import layering
+
+__all__ = [
+    "DataError",
+    "InstanceSource",
+    "SceneSource",
+    "AnnotationSet",
+    "Scene",
+    "decode_segmentation",
+    "check_rle_size",
+    "load_scene",
+    "ORDER_EVIDENCE_FRACTION",
+    "ORDER_EVIDENCE_MIN_PIXELS",
+]
+
+# Visible masks and amodal polygons are drawn separately in COCOA, so their borders disagree
+# by a few pixels; only evidence larger than this is taken as "i is seen where j is hidden".
+ORDER_EVIDENCE_MIN_PIXELS = 16
+ORDER_EVIDENCE_FRACTION = 0.02
+
+
+class DataError(ValueError):
+    """An annotation or image that cannot be converted; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceSource:
+    """One annotated instance, still in its file's raw form.
+
+    ``amodal`` / ``visible`` / ``invisible`` are COCO segmentations: a flat polygon
+    ``[x1, y1, ...]``, a list of polygons, or an RLE dict (compressed or uncompressed
+    counts). ``visible`` None means "not given" (COCOA omits it on unoccluded regions).
+    ``order`` is the annotated depth rank (smaller = nearer) or None.
+    ``bbox`` is the annotated ``[x, y, w, h]`` or None (only checked, never used).
+    ``label`` names the instance in messages when ``ann_id`` alone does not
+    (e.g. "annotation 377, region 2" for COCOA).
+    """
+
+    ann_id: int
+    class_id: int
+    amodal: Any
+    visible: Any = None
+    invisible: Any = None
+    order: int | None = None
+    is_stuff: bool = False
+    bbox: tuple[float, float, float, float] | None = None
+    label: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSource:
+    """One image with its instances, as parsed from an annotation file (picklable).
+
+    ``depth_constraints`` are pairs ``(a, b)`` of annotated ``order`` values: the instance
+    with order a is in front of the instance with order b.
+    """
+
+    image_id: int
+    image_path: str
+    height: int
+    width: int
+    instances: tuple[InstanceSource, ...]
+    annotation_file: str
+    depth_constraints: tuple[tuple[int, int], ...] = ()
+
+
+@dataclasses.dataclass
+class AnnotationSet:
+    """What a reader returns for one annotation file.
+
+    ``classes`` maps contiguous class ids 1..C to names; ``category_ids`` maps them to the
+    dataset's own category ids; ``warnings`` counts what the reader skipped or noted.
+    """
+
+    sources: list[SceneSource]
+    classes: dict[int, str]
+    category_ids: dict[int, int]
+    warnings: collections.Counter
+    annotation_file: str
+
+
+@dataclasses.dataclass
+class Scene:
+    """One image with decoded, repaired instances (N may be 0).
+
+    Attributes:
+      image_id: id in the annotation file.
+      image_path: path of the image file.
+      height, width: image size H, W in pixels.
+      ann_ids: int64 [N] annotation ids.
+      classes: int32 [N] contiguous class ids 1..C.
+      amodal: bool [N, H, W] amodal masks (non-empty).
+      visible: bool [N, H, W] visible masks, inside the amodal masks.
+      order: int32 [N] strict depth rank 0..N-1, 0 = front.
+      is_stuff: bool [N] COCOA stuff regions.
+      boxes: float32 [N, 4] tight amodal boxes (y1, x1, y2, x2), pixel edges.
+      occlusion: float32 [N] occlusion rate 1 - |visible| / |amodal|.
+    """
+
+    image_id: int
+    image_path: str
+    height: int
+    width: int
+    ann_ids: np.ndarray
+    classes: np.ndarray
+    amodal: np.ndarray
+    visible: np.ndarray
+    order: np.ndarray
+    is_stuff: np.ndarray
+    boxes: np.ndarray
+    occlusion: np.ndarray
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.ann_ids.shape[0])
+
+
+def _where(source: SceneSource, inst: InstanceSource) -> str:
+    return (f"{source.annotation_file}: image {source.image_id}, "
+            f"{inst.label or f'annotation {inst.ann_id}'}")
+
+
+def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
+    """Raise DataError when an RLE dict's ``size`` is not ``[height, width]``."""
+    if isinstance(rle, dict):
+        size = rle.get("size")
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise DataError(f"{where}: RLE without a valid 'size'")
+        if [int(size[0]), int(size[1])] != [height, width]:
+            raise DataError(f"{where}: RLE size {list(size)} differs from the image size "
+                            f"[{height}, {width}]")
+
+
+def _polygons(segmentation: list) -> list[list[float]]:
+    """A flat polygon or a list of polygons as a list of flat float lists."""
+    if segmentation and not isinstance(segmentation[0], (list, tuple)):
+        segmentation = [segmentation]
+    return [[float(v) for v in poly] for poly in segmentation]
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
+                        warnings: collections.Counter) -> np.ndarray:
+    """Rasterize a COCO segmentation.
+
+    Args:
+      segmentation: flat polygon, list of polygons, or RLE dict (``counts`` a compressed
+        string / bytes or an uncompressed list of run lengths, ``size`` [H, W]).
+      height, width: image size.
+      where: "file: image i, annotation a" for error messages.
+      warnings: counter; ``polygon_clipped`` is incremented when a polygon reaches outside
+        the image (the rasterization clips it).
+
+    Returns:
+      bool [height, width].
+    """
+    if isinstance(segmentation, dict):
+        check_rle_size(segmentation, height, width, where)
+        counts = segmentation.get("counts")
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [height, width],
+                   "counts": counts.encode() if isinstance(counts, str) else counts}
+        else:
+            raise DataError(f"{where}: RLE 'counts' must be a string or a list")
+        try:
+            mask = mask_utils.decode(rle)
+        except Exception as err:  # pycocotools raises bare Exceptions on corrupt counts.
+            raise DataError(f"{where}: undecodable RLE ({err})") from None
+        if mask.sum() > height * width:
+            raise DataError(f"{where}: RLE longer than the image")
+        return mask.astype(bool)
+    if isinstance(segmentation, list):
+        try:
+            polys = [p for p in _polygons(segmentation) if len(p) >= 6]
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: polygon coordinates must be numbers") from None
+        if any(len(p) % 2 for p in polys):
+            raise DataError(f"{where}: polygon with an odd number of coordinates")
+        if not polys:
+            return np.zeros((height, width), bool)
+        coords = np.concatenate([np.asarray(p) for p in polys])
+        xs, ys = coords[0::2], coords[1::2]
+        if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
+            warnings["polygon_clipped"] += 1
+        rles = mask_utils.frPyObjects(polys, height, width)
+        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    raise DataError(f"{where}: segmentation must be a polygon list or an RLE dict, "
+                    f"got {type(segmentation).__name__}")
+
+
+def _mask_evidence(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """bool [N, N]: i is seen on enough pixels where j is hidden (i is in front of j)."""
+    n = amodal.shape[0]
+    vis = visible.reshape(n, -1).astype(np.float32)
+    hidden = (amodal & ~visible).reshape(n, -1).astype(np.float32)
+    pixels = vis @ hidden.T
+    area = amodal.reshape(n, -1).sum(axis=1).astype(np.float32)
+    threshold = np.maximum(ORDER_EVIDENCE_MIN_PIXELS,
+                           ORDER_EVIDENCE_FRACTION * np.minimum(area[:, None], area[None]))
+    front = pixels >= threshold
+    np.fill_diagonal(front, False)
+    return front
+
+
+def _strict_rank(order: np.ndarray) -> np.ndarray:
+    """int32 [N] ranks 0..N-1 sorting by ``order`` then index."""
+    rank = np.empty(order.shape[0], np.int32)
+    rank[np.lexsort((np.arange(order.shape[0]), order))] = np.arange(order.shape[0])
+    return rank
+
+
+def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndarray,
+                   visible: np.ndarray, warnings: collections.Counter) -> np.ndarray:
+    """int32 [N] strict depth rank 0..N-1 (0 = front); see the module docstring."""
+    n = amodal.shape[0]
+    if n == 0:
+        return np.zeros((0,), np.int32)
+    annotated = None
+    if all(o is not None for o in given):
+        annotated = np.asarray(given, np.int64)
+        consistent = True
+        by_order = {int(o): i for i, o in enumerate(annotated)}
+        for a, b in source.depth_constraints:
+            if a not in by_order or b not in by_order:
+                warnings["depth_constraint_unknown_order"] += 1
+            elif not a < b:
+                warnings["depth_constraint_conflict"] += 1
+                consistent = False
+        overlap = amodal.reshape(n, -1).astype(np.float32)
+        overlap = (overlap @ overlap.T) > 0
+        np.fill_diagonal(overlap, False)
+        if (overlap & (annotated[:, None] == annotated[None, :])).any():
+            warnings["order_tie"] += 1
+            consistent = False
+        front = _mask_evidence(amodal, visible)
+        if (front & (annotated[:, None] > annotated[None, :])).any():
+            warnings["order_contradicts_masks"] += 1
+            consistent = False
+        if consistent:
+            return _strict_rank(annotated)
+    else:
+        warnings["order_from_visibility"] += 1
+    try:
+        return layering.order_from_visibility(
+            amodal, visible, min_pixels=ORDER_EVIDENCE_MIN_PIXELS).astype(np.int32)
+    except ValueError:
+        warnings["visibility_order_cycle"] += 1
+        fallback = annotated if annotated is not None else np.arange(n)
+        return _strict_rank(fallback)
+
+
+def load_scene(source: SceneSource, class_count: int,
+               warnings: collections.Counter) -> Scene:
+    """Decode and repair one image's annotations (see the module docstring).
+
+    Args:
+      source: the parsed image entry.
+      class_count: C; every ``class_id`` must be in 1..C.
+      warnings: counter the repairs are counted in.
+
+    Returns:
+      the Scene; instances keep the file's order, minus the skipped ones.
+
+    Raises:
+      DataError: on RLE of the wrong size, undecodable segmentations or bad class ids.
+    """
+    h, w = source.height, source.width
+    kept, amodals, visibles = [], [], []
+    for inst in source.instances:
+        where = _where(source, inst)
+        if not 1 <= inst.class_id <= class_count:
+            raise DataError(f"{where}: class id {inst.class_id} outside 1..{class_count}")
+        amodal = decode_segmentation(inst.amodal, h, w, where, warnings)
+        if inst.bbox is not None:
+            x, y, bw, bh = inst.bbox
+            if x < -0.5 or y < -0.5 or x + bw > w + 0.5 or y + bh > h + 0.5:
+                warnings["box_clipped"] += 1
+        if not amodal.any():
+            warnings["empty_amodal_skipped"] += 1
+            continue
+        if inst.visible is not None:
+            visible = decode_segmentation(inst.visible, h, w, where, warnings)
+        elif inst.invisible is not None:
+            visible = amodal & ~decode_segmentation(inst.invisible, h, w, where, warnings)
+        else:
+            visible = amodal
+        if (visible & ~amodal).any():
+            warnings["visible_outside_amodal"] += 1
+            visible = visible & amodal
+        kept.append(inst)
+        amodals.append(amodal)
+        visibles.append(visible)
+    n = len(kept)
+    amodal = np.asarray(amodals, bool).reshape(n, h, w)
+    visible = np.asarray(visibles, bool).reshape(n, h, w)
+    order = _resolve_order(source, [inst.order for inst in kept], amodal, visible, warnings)
+    if n == 0:
+        warnings["image_without_instances"] += 1
+    area = amodal.reshape(n, -1).sum(axis=1)
+    occlusion = 1.0 - visible.reshape(n, -1).sum(axis=1) / np.maximum(area, 1)
+    return Scene(
+        image_id=source.image_id,
+        image_path=source.image_path,
+        height=h,
+        width=w,
+        ann_ids=np.asarray([inst.ann_id for inst in kept], np.int64).reshape(n),
+        classes=np.asarray([inst.class_id for inst in kept], np.int32).reshape(n),
+        amodal=amodal,
+        visible=visible,
+        order=order,
+        is_stuff=np.asarray([inst.is_stuff for inst in kept], bool).reshape(n),
+        boxes=layering.masks_to_boxes(amodal),
+        occlusion=occlusion.astype(np.float32),
+    )

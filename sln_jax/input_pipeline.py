@@ -1,0 +1,296 @@
+"""tf.data input pipeline: TFRecords from ``data_prep.convert`` -> fixed-shape NumPy batches.
+
+Per image: decode, resize keeping the aspect ratio to max side S, optional random
+horizontal flip (image, global layering map, boxes and the box-relative layer / sem-dist
+crops together), ImageNet normalization, zero padding to S x S, instances padded to M with
+a validity mask. Batches have leading dims ``[devices, per_device_batch]``; the keys,
+dtypes and shapes are the table in ``docs/interfaces.md``, plus ``image_valid``.
+
+Choices:
+* more than M instances: the M with the largest amodal area are kept (in their record
+  order); the global layering map still counts the others.
+* host sharding: host i reads the shard files ``files[i::process_count]``.
+* training is an endless stream of epochs; epoch e visits this host's files in an order
+  and through a shuffle buffer both seeded by (seed, e), and example number t of the stream
+  is flipped iff a stateless draw seeded by (seed, t) says so. The stream is thus a
+  function of (seed, t): ``start_step`` jumps to example ``start_step * batch`` (skipping
+  whole epochs without reading them) and yields exactly the batches an uninterrupted run
+  would have yielded from that step on.
+* evaluation: one pass in file order without flips; the last batch is completed with
+  padding images (``image_valid`` False, no valid instance), and every host yields the same
+  number of batches (the largest host's), so multi-host evaluation stays in lockstep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+from data_prep.records import SCHEMA_VERSION, parse_tf
+
+__all__ = ["create_dataset", "read_metadata", "IMAGENET_MEAN", "IMAGENET_STD",
+           "PADDING_ORDER"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PADDING_ORDER = 2 ** 30
+# Epoch seeds: seed * _EPOCH_STRIDE + epoch, so (seed, epoch) pairs never collide.
+_EPOCH_STRIDE = 1_000_003
+_MAX_EPOCHS = 2 ** 40
+
+
+def read_metadata(directory: str, data_config: Any = None) -> dict:
+    """Load ``directory/metadata.json`` and check it against the data config.
+
+    Args:
+      directory: the conversion's output directory.
+      data_config: optional config with ``num_layers``, ``mask_target_size`` and
+        ``num_classes``; each must equal the dataset's.
+
+    Returns:
+      the metadata dict (see ``data_prep.convert``).
+
+    Raises:
+      FileNotFoundError: no metadata.json (the data was not converted).
+      ValueError: one line naming the file and the mismatching field.
+    """
+    path = os.path.join(directory, "metadata.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: convert the dataset first with "
+                                "python -m data_prep.convert")
+    with open(path) as f:
+        metadata = json.load(f)
+    if metadata.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {metadata.get('schema_version')} but this "
+                         f"code reads version {SCHEMA_VERSION}; convert the data again")
+    if data_config is not None:
+        for field in ("num_layers", "mask_target_size", "num_classes"):
+            want, have = int(getattr(data_config, field)), int(metadata[field])
+            if want != have:
+                raise ValueError(f"{path}: the data has {field} = {have} but the config says "
+                                 f"{want}; convert again or fix config.data.{field}")
+    return metadata
+
+
+def _host_files(metadata: dict, directory: str, split: str) -> tuple[list[str], list[int]]:
+    """This host's shard files and their example counts."""
+    import jax
+
+    splits = metadata.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{directory}/metadata.json: no split {split!r} "
+                         f"(have {sorted(splits)})")
+    files, counts = splits[split]["files"], splits[split]["examples_per_file"]
+    host, hosts = jax.process_index(), jax.process_count()
+    if len(files) < hosts:
+        raise ValueError(f"{directory}: split {split!r} has {len(files)} shard files for "
+                         f"{hosts} hosts; convert with --num_shards >= {hosts}")
+    paths = [os.path.join(directory, name) for name in files[host::hosts]]
+    return paths, list(counts[host::hosts])
+
+
+def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
+                num_layers: int):
+    """One parsed record -> fixed-shape tensors (see the module docstring)."""
+    import tensorflow as tf
+
+    s, m, k = image_size, max_instances, num_layers
+    image = features["image"]
+    orig_h, orig_w = tf.shape(image)[0], tf.shape(image)[1]
+    scale = tf.cast(s, tf.float32) / tf.cast(tf.maximum(orig_h, orig_w), tf.float32)
+    new_h = tf.clip_by_value(tf.cast(tf.round(tf.cast(orig_h, tf.float32) * scale), tf.int32),
+                             1, s)
+    new_w = tf.clip_by_value(tf.cast(tf.round(tf.cast(orig_w, tf.float32) * scale), tf.int32),
+                             1, s)
+    image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
+    global_layers = tf.image.resize(features["global_layers"][:, :, None], [new_h, new_w],
+                                    method="nearest")[:, :, 0]
+    image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+    global_layers = tf.cond(flip, lambda: global_layers[:, ::-1], lambda: global_layers)
+    image = (image / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    image = tf.pad(image, [[0, s - new_h], [0, s - new_w], [0, 0]])
+    global_layers = tf.pad(tf.cast(global_layers, tf.int8), [[0, s - new_h], [0, s - new_w]])
+
+    # Keep the M largest instances, in record order.
+    n = tf.shape(features["classes"])[0]
+    kept = tf.sort(tf.math.top_k(features["area"], k=tf.minimum(n, m)).indices)
+    count = tf.shape(kept)[0]
+    pad = m - count
+
+    def take(key):
+        return tf.gather(features[key], kept)
+
+    sy = tf.cast(new_h, tf.float32) / tf.cast(orig_h, tf.float32)
+    sx = tf.cast(new_w, tf.float32) / tf.cast(orig_w, tf.float32)
+    boxes = take("boxes") * tf.stack([sy, sx, sy, sx])
+    width = tf.cast(new_w, tf.float32)
+    boxes = tf.cond(
+        flip,
+        lambda: tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]],
+                         axis=1),
+        lambda: boxes)
+    layer_crops, semdist_crops = take("layer_crops"), take("semdist_crops")
+    layer_crops = tf.cond(flip, lambda: layer_crops[:, :, ::-1], lambda: layer_crops)
+    semdist_crops = tf.cond(flip, lambda: semdist_crops[:, :, ::-1], lambda: semdist_crops)
+    layers = tf.cast(layer_crops, tf.int8) - 1  # stored as layer + 1, 0 outside
+    semdist = tf.cast(semdist_crops, tf.float32) * ((k + 1) / 255.0)
+    p = layer_crops.shape[-1]
+    out = {
+        "image": tf.ensure_shape(image, [s, s, 3]),
+        "image_id": tf.cast(features["image_id"], tf.int32),
+        "image_size": tf.stack([new_h, new_w]),
+        "orig_size": features["orig_size"],
+        "scale": scale,
+        "boxes": tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), [m, 4]),
+        "classes": tf.ensure_shape(tf.pad(take("classes"), [[0, pad]]), [m]),
+        "valid": tf.ensure_shape(tf.range(m) < count, [m]),
+        "order": tf.ensure_shape(
+            tf.pad(take("order"), [[0, pad]], constant_values=PADDING_ORDER), [m]),
+        "occlusion": tf.ensure_shape(tf.pad(take("occlusion"), [[0, pad]]), [m]),
+        "layers": tf.ensure_shape(
+            tf.pad(layers, [[0, pad], [0, 0], [0, 0]], constant_values=-1), [m, p, p]),
+        "semdist": tf.ensure_shape(tf.pad(semdist, [[0, pad], [0, 0], [0, 0]]), [m, p, p]),
+        "global_layers": tf.ensure_shape(global_layers, [s, s]),
+        "image_valid": tf.constant(True),
+    }
+    return out
+
+
+def _check_version(features: dict) -> dict:
+    import tensorflow as tf
+
+    tf.debugging.assert_equal(features["schema_version"], tf.constant(SCHEMA_VERSION, tf.int64),
+                              message="record schema version differs; convert again")
+    return features
+
+
+def _padding_example(image_size: int, max_instances: int, p: int) -> dict[str, np.ndarray]:
+    """An all-invalid image (used to complete the last evaluation batch)."""
+    s, m = image_size, max_instances
+    return {
+        "image": np.zeros((s, s, 3), np.float32),
+        "image_id": np.zeros((), np.int32),
+        "image_size": np.zeros((2,), np.int32),
+        "orig_size": np.zeros((2,), np.int32),
+        "scale": np.zeros((), np.float32),
+        "boxes": np.zeros((m, 4), np.float32),
+        "classes": np.zeros((m,), np.int32),
+        "valid": np.zeros((m,), bool),
+        "order": np.full((m,), PADDING_ORDER, np.int32),
+        "occlusion": np.zeros((m,), np.float32),
+        "layers": np.full((m, p, p), -1, np.int8),
+        "semdist": np.zeros((m, p, p), np.float32),
+        "global_layers": np.zeros((s, s), np.int8),
+        "image_valid": np.zeros((), bool),
+    }
+
+
+def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
+                   train: bool, seed: int, start_step: int = 0) -> Iterator[dict]:
+    """Batches of preprocessed images for this host.
+
+    Args:
+      data_config: ``config.data`` (dir, image_size S, max_instances M, mask_target_size P,
+        num_layers K, num_classes, shuffle_buffer, flip).
+      split: split name in the dataset's metadata (e.g. ``config.data.train_split``).
+      batch_dims: (local devices D, per-device batch B).
+      train: endless shuffled and flipped stream (``data_config.flip``) if True, else one
+        ordered pass with padding (see the module docstring).
+      seed: shuffle and flip seed.
+      start_step: training step to start at (the batches a run resumed there needs).
+
+    Returns:
+      iterator of dicts of NumPy arrays with leading dims [D, B]: ``image`` float32
+      [S, S, 3], ``image_id`` int32 [], ``image_size`` int32 [2], ``orig_size`` int32 [2],
+      ``scale`` float32 [], ``boxes`` float32 [M, 4] (y1, x1, y2, x2) canvas pixels,
+      ``classes`` int32 [M], ``valid`` bool [M], ``order`` int32 [M] (padding 2**30),
+      ``occlusion`` float32 [M], ``layers`` int8 [M, P, P] (-1 outside),
+      ``semdist`` float32 [M, P, P], ``global_layers`` int8 [S, S], ``image_valid`` bool [].
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")  # tf.data must leave accelerators to JAX
+    except RuntimeError:  # TF already initialized its devices; nothing left to change
+        pass
+    directory = data_config.dir
+    metadata = read_metadata(directory, data_config)
+    files, counts = _host_files(metadata, directory, split)
+    devices, per_device = batch_dims
+    batch = devices * per_device
+    host_examples = int(sum(counts))
+    k, p = int(metadata["num_layers"]), int(metadata["mask_target_size"])
+    preprocess_args = dict(image_size=int(data_config.image_size),
+                           max_instances=int(data_config.max_instances), num_layers=k)
+
+    def parse(serialized):
+        return _check_version(parse_tf(serialized, p))
+
+    options = tf.data.Options()
+    options.deterministic = True
+    if train:
+        if host_examples == 0:
+            raise ValueError(f"{directory}: split {split!r} has no examples for this host")
+        start = int(start_step) * batch
+        start_epoch, offset = divmod(start, host_examples)
+        file_paths = tf.constant(files)
+        buffer = int(data_config.shuffle_buffer)
+
+        def epoch(e):
+            epoch_seed = tf.cast(seed, tf.int64) * _EPOCH_STRIDE + e
+            order = tf.random.experimental.stateless_shuffle(
+                file_paths, seed=tf.stack([tf.cast(seed, tf.int64), e]))
+            return tf.data.TFRecordDataset(order).shuffle(
+                buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+        ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
+        ds = ds.enumerate(start=start)
+        do_flip = bool(data_config.flip)
+
+        def example(index, serialized):
+            draw = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64),
+                                                                  index]))
+            flip = tf.logical_and(tf.constant(do_flip), draw < 0.5)
+            return _preprocess(parse(serialized), flip, **preprocess_args)
+
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch, drop_remainder=True)
+    else:
+        ds = tf.data.TFRecordDataset(files)
+        ds = ds.map(lambda x: _preprocess(parse(x), tf.constant(False), **preprocess_args),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch, drop_remainder=False)
+    ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    def reshape(arrays: dict) -> dict:
+        return {key: value.reshape((devices, per_device) + value.shape[1:])
+                for key, value in arrays.items()}
+
+    if train:
+        return map(reshape, ds.as_numpy_iterator())
+    return _eval_batches(ds, metadata["splits"][split]["examples_per_file"], batch,
+                         _padding_example(int(data_config.image_size),
+                                          int(data_config.max_instances), p), reshape)
+
+
+def _eval_batches(ds, all_counts: list[int], batch: int, padding: dict,
+                  reshape) -> Iterator[dict]:
+    """Complete the last batch with padding images and pad every host to the same count."""
+    import jax
+
+    hosts = jax.process_count()
+    per_host = [sum(all_counts[h::hosts]) for h in range(hosts)]
+    num_batches = -(-max(per_host) // batch) if per_host else 0
+    yielded = 0
+    for arrays in ds.as_numpy_iterator():
+        missing = batch - next(iter(arrays.values())).shape[0]
+        if missing:
+            arrays = {key: np.concatenate([value, np.stack([padding[key]] * missing)])
+                      for key, value in arrays.items()}
+        yielded += 1
+        yield reshape(arrays)
+    for _ in range(num_batches - yielded):
+        yield reshape({key: np.stack([value] * batch) for key, value in padding.items()})
