@@ -62,24 +62,23 @@ def instance_layers(amodal: np.ndarray, order: np.ndarray) -> np.ndarray:
         raise ValueError(f"order must have shape ({n},), got {order.shape}")
     if n == 0:
         return np.zeros((0, h, w), np.int32)
-    perm = np.argsort(order, kind="stable")
-    sorted_order = order[perm]
-    # Exclusive prefix count over instances sorted front to back; a tie group starts
-    # counting where its first member does, so tied instances never count each other.
-    prefix = np.zeros((n + 1, h, w), np.int32)
-    np.cumsum(amodal[perm], axis=0, dtype=np.int32, out=prefix[1:])
-    group_start = np.searchsorted(sorted_order, sorted_order, side="left")
-    in_front = prefix[group_start]
-    for start in np.unique(group_start):
-        stop = np.searchsorted(sorted_order, sorted_order[start], side="right")
-        if stop - start > 1:
-            group = amodal[perm[start:stop]]
-            if (group.sum(axis=0, dtype=np.int32) > 1).any():
-                raise ValueError(
-                    f"instances {sorted(perm[start:stop].tolist())} share depth rank "
-                    f"{sorted_order[start]} but their amodal masks overlap")
     layers = np.full((n, h, w), -1, np.int32)
-    layers[perm] = np.where(amodal[perm], in_front, -1)
+    boxes = masks_to_boxes(amodal).astype(np.intp)
+    for i in range(n):
+        y1, x1, y2, x2 = boxes[i]
+        if y2 <= y1:
+            continue
+        # Only the instance's box matters, and only instances strictly in front of it.
+        own = amodal[i, y1:y2, x1:x2]
+        front = np.flatnonzero(order < order[i])
+        count = amodal[front, y1:y2, x1:x2].sum(axis=0, dtype=np.int32)
+        layers[i, y1:y2, x1:x2] = np.where(own, count, -1)
+        tied = np.flatnonzero((order == order[i]) & (np.arange(n) > i))
+        if tied.size and amodal[tied, y1:y2, x1:x2][:, own].any():
+            overlapping = tied[amodal[tied, y1:y2, x1:x2][:, own].any(axis=1)]
+            raise ValueError(
+                f"instances {[i] + overlapping.tolist()} share depth rank {order[i]} "
+                "but their amodal masks overlap")
     return layers
 
 
