@@ -239,9 +239,9 @@ def fit_to_canvas(image: np.ndarray, canvas: int, mean: Sequence[float],
     scale = canvas / max(height, width)
     new_h = min(canvas, max(1, int(round(height * scale))))
     new_w = min(canvas, max(1, int(round(width * scale))))
-    # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    # Pillow's bilinear filter widens its support when shrinking, as the input pipeline's
+    # tf.image.resize(antialias=True) does: both give the same pixels within rounding.
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     out = np.zeros((canvas, canvas, 3), np.float32)
     out[:new_h, :new_w] = (resized.astype(np.float32) - np.asarray(mean, np.float32)) / \
         np.asarray(std, np.float32)
@@ -344,9 +344,10 @@ def _lookup_image_id(path: Path, root: Path | None, ids: dict[str, int]) -> int 
 
 
 def _normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The input pipeline's per-channel (mean, std) in 0..255 units."""
+    """The input pipeline's per-channel (mean, std), converted to 0..255 units."""
     from sln_jax import input_pipeline
-    return tuple(input_pipeline.MEAN_RGB), tuple(input_pipeline.STDDEV_RGB)
+    return (tuple(255.0 * m for m in input_pipeline.IMAGENET_MEAN),
+            tuple(255.0 * s for s in input_pipeline.IMAGENET_STD))
 
 
 class Predictor:

@@ -151,6 +151,22 @@ def test_fit_to_canvas_keeps_aspect_and_pads_with_zero(h, w, canvas):
     assert pixels.min() >= -0.01 and pixels.max() <= 255.01
 
 
+def test_fit_to_canvas_resizes_as_the_input_pipeline():
+    import tensorflow as tf
+    from sln_jax import input_pipeline
+    mean = tuple(255 * m for m in input_pipeline.IMAGENET_MEAN)
+    std = tuple(255 * s for s in input_pipeline.IMAGENET_STD)
+    for h, w, canvas in ((300, 200, 128), (50, 70, 128)):
+        image = _random_rgb(h, w)
+        out, (nh, nw) = infer.fit_to_canvas(image, canvas, mean, std)
+        resized = tf.image.resize(image, [nh, nw], method="bilinear", antialias=True).numpy()
+        expected = (resized / 255.0 - np.float32(input_pipeline.IMAGENET_MEAN)) / \
+            np.float32(input_pipeline.IMAGENET_STD)
+        # Pillow rounds to uint8: at most one grey level apart.
+        assert np.abs(out[:nh, :nw] - expected).max() <= 1.0 / 255 / min(
+            input_pipeline.IMAGENET_STD) + 1e-5
+
+
 def test_fit_to_canvas_identity_size_is_exact():
     image = _random_rgb(64, 40)
     out, size = infer.fit_to_canvas(image, 64, MEAN, STD)
