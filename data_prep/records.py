@@ -109,7 +109,7 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
         "instance/classes": ints(scene.classes),
         "instance/order": ints(scene.order),
         "instance/occlusion": floats(scene.occlusion),
-        "instance/area": ints(scene.amodal.reshape(n, -1).sum(axis=1)),
+        "instance/area": ints(scene.amodal.reshape(n, scene.height * scene.width).sum(axis=1)),
         "instance/is_stuff": ints(scene.is_stuff),
         "instance/amodal_rle": strings(_rle_counts(scene.amodal)),
         "instance/visible_rle": strings(_rle_counts(scene.visible)),

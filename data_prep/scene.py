@@ -328,8 +328,8 @@ def load_scene(source: SceneSource, class_count: int,
     order = _resolve_order(source, [inst.order for inst in kept], amodal, visible, warnings)
     if n == 0:
         warnings["image_without_instances"] += 1
-    area = amodal.reshape(n, -1).sum(axis=1)
-    occlusion = 1.0 - visible.reshape(n, -1).sum(axis=1) / np.maximum(area, 1)
+    area = amodal.reshape(n, h * w).sum(axis=1)
+    occlusion = 1.0 - visible.reshape(n, h * w).sum(axis=1) / np.maximum(area, 1)
     return Scene(
         image_id=source.image_id,
         image_path=source.image_path,
