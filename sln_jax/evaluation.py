@@ -181,57 +181,59 @@ def _check_compressed_rles(rles: Sequence[dict], wheres: Sequence[str]) -> None:
              else bytes(r["counts"]) for r in rles]
     lengths = np.array([len(b) for b in blobs], np.int64)
     pixels = np.array([int(r["size"][0]) * int(r["size"][1]) for r in rles], np.int64)
+    char_end = np.cumsum(lengths)
 
-    def fail(bad: np.ndarray, why: str):
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{wheres[i]}: malformed RLE ({why})")
+    def fail_at_char(bad: np.ndarray, why: str):
+        string = int(np.searchsorted(char_end, np.flatnonzero(bad)[0], side="right"))
+        raise ValueError(f"{wheres[string]}: malformed RLE ({why})")
 
-    chars = np.frombuffer(b"".join(blobs), np.uint8).astype(np.int64) - 48
-    string_of_char = np.repeat(np.arange(len(blobs)), lengths)
-    bad_char = np.zeros(len(blobs), bool)
-    np.logical_or.at(bad_char, string_of_char, (chars < 0) | (chars > 63))
-    if bad_char.any():
-        fail(bad_char, "character outside '0'..'o'")
+    def fail_string(bad: np.ndarray, why: str):
+        raise ValueError(f"{wheres[int(np.flatnonzero(bad)[0])]}: malformed RLE ({why})")
+
+    raw = np.frombuffer(b"".join(blobs), np.uint8)
+    bad = (raw < 48) | (raw > 111)
+    if bad.any():
+        fail_at_char(bad, "character outside '0'..'o'")
+    chars = raw - np.uint8(48)
     ends = (chars & 0x20) == 0
-    last = np.cumsum(lengths) - 1
-    open_end = np.zeros(len(blobs), bool)
-    open_end[lengths > 0] = ~ends[last[lengths > 0]]
-    if open_end.any():
-        fail(open_end, "truncated count")
+    nonempty = lengths > 0
+    if not ends[char_end[nonempty] - 1].all():
+        open_end = np.zeros(len(blobs), bool)
+        open_end[nonempty] = ~ends[char_end[nonempty] - 1]
+        fail_string(open_end, "truncated count")
     token_end = np.flatnonzero(ends)
-    if not len(token_end):
-        fail(pixels != 0, "runs do not sum to height x width")
-        return
-    token_start = np.concatenate([[0], token_end[:-1] + 1]).astype(np.int64)
-    token_of_char = np.cumsum(ends) - ends
-    shift = 5 * (np.arange(len(chars)) - token_start[token_of_char])
-    string_of_token = string_of_char[token_end]
-    too_long = np.zeros(len(blobs), bool)
-    too_long[string_of_token[(shift[token_end] + 5) >= 62]] = True
-    if too_long.any():
-        fail(too_long, "count too long")
-    values = (np.add.reduceat((chars & 0x1f) << shift, token_start) if len(chars)
-              else np.zeros(0, np.int64))
+    # Bit offset of each char in its count: 5 x (chars since the count started).
+    starts = np.ones(len(chars), bool)
+    starts[1:] = ends[:-1]
+    positions = np.arange(len(chars))
+    shift = 5 * (positions - np.maximum.accumulate(np.where(starts, positions, 0)))
+    if len(chars) and shift.max() >= 55:
+        fail_at_char(shift >= 55, "count too long")
+    token_start = np.flatnonzero(starts)
+    values = (np.add.reduceat((chars & 0x1f).astype(np.int64) << shift, token_start)
+              if len(chars) else np.zeros(0, np.int64))
     negative = (chars[token_end] & 0x10) != 0
-    values = values - (negative.astype(np.int64) << (shift[token_end] + 5))
-    # Index of each run in its string; runs j >= 3 add run j - 2: prefix sums per chain.
-    first_token = np.searchsorted(string_of_token, np.arange(len(blobs)))
-    index = np.arange(len(values)) - first_token[string_of_token]
-    chain = string_of_token * 3 + np.where(index == 0, 0, 1 + index % 2)
-    order = np.argsort(chain, kind="stable")
-    summed = np.cumsum(values[order])
-    chain_sorted = chain[order]
-    chain_first = np.searchsorted(chain_sorted, chain_sorted)
-    before = np.where(chain_first > 0, summed[chain_first - 1], 0)
-    runs = np.empty_like(values)
-    runs[order] = summed - before
-    bad_run = np.zeros(len(blobs), bool)
-    np.logical_or.at(bad_run, string_of_token, (runs < 0) | (runs >= 1 << 32))
-    if bad_run.any():
-        fail(bad_run, "negative or huge run")
-    total = np.bincount(string_of_token, weights=runs, minlength=len(blobs))
+    values -= negative.astype(np.int64) << (shift[token_end] + 5)
+    # Run j >= 3 is coded relative to run j - 2: per-string prefix sums along the odd
+    # runs (from 1) and the even runs (from 2).
+    tokens = np.bincount(np.searchsorted(char_end, token_end, side="right"),
+                         minlength=len(blobs))
+    first_token = np.cumsum(tokens) - tokens
+    index = np.arange(len(values)) - np.repeat(first_token, tokens)
+    odd = (index % 2) == 1
+    even = ((index % 2) == 0) & (index >= 2)
+    runs = values.copy()
+    for chain in (odd, even):
+        summed = np.cumsum(np.where(chain, values, 0))
+        before = np.where(first_token > 0, summed[np.maximum(first_token - 1, 0)], 0)
+        runs = np.where(chain, summed - np.repeat(before, tokens), runs)
+    if ((runs < 0) | (runs >= 1 << 32)).any():
+        fail_at_char(np.isin(positions, token_end[(runs < 0) | (runs >= 1 << 32)]),
+                     "negative or huge run")
+    total = np.zeros(len(blobs), np.int64)
+    total[tokens > 0] = np.add.reduceat(runs, first_token[tokens > 0]) if len(runs) else 0
     if (total != pixels).any():
-        fail(total != pixels, "runs do not sum to height x width")
+        fail_string(total != pixels, "runs do not sum to height x width")
 
 
 def _occlusion_from_areas(visible_area: np.ndarray, amodal_area: np.ndarray) -> np.ndarray:
@@ -473,50 +475,62 @@ class _Group:
     gt_ignore: np.ndarray  # bool [S, G]
     det_outside: np.ndarray  # bool [S, D] detection area outside the setting's range
     matched: np.ndarray | None = None  # int64 [S, T, D] GT position in the group or -1
+    ignored: np.ndarray | None = None  # bool [S, T, D] COCOeval's dtIgnore
 
 
-def _greedy_match(ious: np.ndarray, gt_valid: np.ndarray, crowd: np.ndarray,
-                  gt_ignore: np.ndarray, det_valid: np.ndarray) -> np.ndarray:
+def _greedy_match(ious: np.ndarray, crowd: np.ndarray, gt_ignore: np.ndarray,
+                  det_outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching for many groups, settings and IoU thresholds at once.
 
+    A detection (in score order) takes, among the GT it overlaps by at least the
+    threshold and that are still free (crowds always are), the highest-IoU regular GT,
+    else the highest-IoU ignored GT, the last one in GT order on ties.
+
     Args:
-      ious: float64 [N, D, G], detections sorted by score (padding anything).
-      gt_valid: bool [N, G] real GT (not padding).
+      ious: float64 [N, D, G], detections sorted by score; padding rows / columns 0.
       crowd: bool [N, G] crowd GT (can absorb several detections).
       gt_ignore: bool [N, S, G] GT ignored in each setting.
-      det_valid: bool [N, D] real detections.
+      det_outside: bool [N, S, D] detection area outside the setting's area range.
 
     Returns:
-      int64 [N, S, T, D]: the GT position each detection matches, or -1.
+      matched: int64 [N, S, T, D], the GT position each detection matches, or -1.
+      ignored: bool [N, S, T, D], COCOeval's dtIgnore (matched an ignored GT, or
+        unmatched with its area outside the range).
     """
     n, d_max, g_max = ious.shape
     s = gt_ignore.shape[1]
+    t = len(IOU_THRESHOLDS)
+    if g_max == 0:
+        ignored = np.broadcast_to(det_outside[:, :, None, :], (n, s, t, d_max)).copy()
+        return np.full((n, s, t, d_max), -1, np.int64), ignored
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, None, :, None]
-    regular = (gt_valid[:, None, :] & ~gt_ignore)[:, :, None, :]
-    ignored = (gt_valid[:, None, :] & gt_ignore)[:, :, None, :]
-    reusable = crowd[:, None, None, :]
-    free = np.ones((n, s, len(IOU_THRESHOLDS), g_max), bool)
-    matched = np.full((n, s, len(IOU_THRESHOLDS), d_max), -1, np.int64)
+    # GT axis reversed so that argmax (first maximum) finds the last GT on ties.
+    ious = np.ascontiguousarray(ious[:, :, ::-1])
+    reusable = crowd[:, None, None, ::-1]
+    gt_ignore = np.ascontiguousarray(gt_ignore[:, :, ::-1])
+    # Ignored GT rank below every regular one: IoUs >= 0.5 scaled by 1/4 (exact in
+    # binary floating point) fall in [0.125, 0.25]; non-candidates are -1.
+    scale = np.where(gt_ignore, 0.25, 1.0)[:, :, None, :]
+    free = np.ones((n, s, t, g_max), bool)
+    matched = np.full((n, s, t, d_max), -1, np.int64)
+    ignored = np.zeros((n, s, t, d_max), bool)
     positions = np.arange(g_max)
     for d in range(d_max):
         iou = ious[:, None, None, d, :]
-        ok = (iou >= thresholds) & (free | reusable)
-        picks = []
-        for members in (regular, ignored):
-            candidate = np.where(ok & members, iou, -1.0)
-            # Highest IoU, the last GT on ties (COCOeval replaces the best on >=).
-            last = g_max - 1 - np.argmax(candidate[..., ::-1], axis=-1)
-            found = np.take_along_axis(candidate, last[..., None], -1)[..., 0] >= 0
-            picks.append(np.where(found, last, -1))
-        pick = np.where(picks[0] >= 0, picks[0], picks[1])
-        pick = np.where(det_valid[:, d, None, None], pick, -1)
-        matched[..., d] = pick
+        key = np.where((iou >= thresholds) & (free | reusable), iou * scale, -1.0)
+        pick = np.argmax(key, axis=-1)
+        found = np.take_along_axis(key, pick[..., None], -1)[..., 0] >= 0
+        pick = np.where(found, pick, -1)
         free &= positions != pick[..., None]
-    return matched
+        matched[..., d] = np.where(found, g_max - 1 - pick, -1)
+        ignored[..., d] = np.where(
+            found, np.take_along_axis(gt_ignore, np.maximum(pick, 0), axis=-1),
+            det_outside[:, :, None, d])
+    return matched, ignored
 
 
 def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
-    """Fill ``group.matched`` for every group, in padded chunks of similar size."""
+    """Fill ``matched`` and ``ignored`` of every group, in padded chunks of similar size."""
     if not groups:
         return
     num_settings = groups[0].gt_ignore.shape[0]
@@ -525,10 +539,11 @@ def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
     start = 0
     while start < len(by_size):
         stop = start + 1
+        d_max = groups[by_size[start]].ious.shape[0]
         while stop < len(by_size):
-            d_max = max(groups[k].ious.shape[0] for k in by_size[start:stop + 1])
+            d_max = max(d_max, groups[by_size[stop]].ious.shape[0])
             g_max = groups[by_size[stop]].ious.shape[1]
-            per_group = max(num_settings * len(IOU_THRESHOLDS), d_max) * max(g_max, 1)
+            per_group = num_settings * len(IOU_THRESHOLDS) * (max(g_max, 1) + d_max)
             if (stop + 1 - start) * per_group > _CHUNK_ELEMENTS:
                 break
             stop += 1
@@ -537,34 +552,25 @@ def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
         d_max = max(g.ious.shape[0] for g in chunk)
         g_max = max(g.ious.shape[1] for g in chunk)
         ious = np.zeros((n, d_max, g_max))
-        gt_valid = np.zeros((n, g_max), bool)
         crowd = np.zeros((n, g_max), bool)
         gt_ignore = np.zeros((n, num_settings, g_max), bool)
-        det_valid = np.zeros((n, d_max), bool)
+        det_outside = np.zeros((n, num_settings, d_max), bool)
         for i, g in enumerate(chunk):
             d, gg = g.ious.shape
             ious[i, :d, :gg] = g.ious
-            gt_valid[i, :gg] = True
             crowd[i, :gg] = images[g.image_index].crowd[g.gt_index]
             gt_ignore[i, :, :gg] = g.gt_ignore
-            det_valid[i, :d] = True
-        matched = _greedy_match(ious, gt_valid, crowd, gt_ignore, det_valid)
+            det_outside[i, :, :d] = g.det_outside
+        # Padding never matches: its IoU 0 is below every threshold.
+        matched, ignored = _greedy_match(ious, crowd, gt_ignore, det_outside)
         for i, g in enumerate(chunk):
-            g.matched = matched[i, :, :, :g.ious.shape[0]]
+            d = g.ious.shape[0]
+            g.matched = matched[i, :, :, :d]
+            g.ignored = ignored[i, :, :, :d]
         start = stop
 
 
 # -------------------------------------------------------------------------- accumulate
-
-def _detection_ignore(g: _Group) -> np.ndarray:
-    """bool [S, T, D]: matched to an ignored GT, or unmatched with an out-of-range area."""
-    if not g.gt_ignore.shape[1]:
-        return np.broadcast_to(g.det_outside[:, None, :], g.matched.shape)
-    gt_ignore = np.broadcast_to(g.gt_ignore[:, None, :],
-                                g.matched.shape[:2] + g.gt_ignore.shape[1:])
-    matched_ignore = np.take_along_axis(gt_ignore, np.maximum(g.matched, 0), axis=-1)
-    return np.where(g.matched >= 0, matched_ignore, g.det_outside[:, None, :])
-
 
 def _accumulate(groups: list[_Group], dets: list[_ImageDets], num_categories: int,
                 num_settings: int) -> tuple[np.ndarray, np.ndarray]:
@@ -579,7 +585,7 @@ def _accumulate(groups: list[_Group], dets: list[_ImageDets], num_categories: in
         scores = np.concatenate([dets[g.image_index].scores[g.det_index] for g in members])
         rank = np.concatenate([np.arange(len(g.det_index)) for g in members])
         matched = np.concatenate([g.matched for g in members], axis=-1) >= 0
-        ignore = np.concatenate([_detection_ignore(g) for g in members], axis=-1)
+        ignore = np.concatenate([g.ignored for g in members], axis=-1)
         num_positive = sum((~g.gt_ignore).sum(axis=1) for g in members)
         tps = matched & ~ignore
         fps = ~matched & ~ignore
