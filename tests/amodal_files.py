@@ -57,7 +57,7 @@ def layered_scene(height: int = 48, width: int = 64, seed: int = 0,
             masks.append((np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx))
         else:
             masks.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
-    amodal = np.asarray(masks, bool)
+    amodal = np.asarray(masks, bool).reshape(count, height, width)
     order = rng.permutation(count)
     return {"amodal": amodal, "order": order, "visible": paint(amodal, order),
             "classes": rng.integers(1, 4, count)}

@@ -1,0 +1,77 @@
+"""Record schema: serialize -> parse round trips, in NumPy and inside tf.data."""
+
+import collections
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amodal_files import layered_scene, write_d2sa
+from data_prep import d2sa, records
+from data_prep.images import read_image
+from data_prep.scene import load_scene
+from data_prep.targets import build_targets
+
+K, P = 4, 12
+
+
+@pytest.fixture
+def example(tmp_path):
+    path, images = write_d2sa(str(tmp_path), [layered_scene(seed=3, count=5),
+                                              layered_scene(seed=4, count=0)])
+    data = d2sa.read(path, images)
+    out = []
+    for source in data.sources:
+        scene = load_scene(source, len(data.classes), collections.Counter())
+        image = read_image(source.image_path, source.image_id, source.height, source.width)
+        targets = build_targets(scene, K, P, collections.Counter())
+        out.append((scene, image, targets, records.serialize(scene, image, targets)))
+    return out
+
+
+def test_round_trip(example):
+    for scene, image, targets, serialized in example:
+        parsed = records.parse(serialized, P)
+        assert parsed["schema_version"] == records.SCHEMA_VERSION
+        assert parsed["image"] == image.data and parsed["format"] == "png"
+        assert (parsed["image_id"], parsed["height"], parsed["width"]) == (
+            scene.image_id, scene.height, scene.width)
+        np.testing.assert_array_equal(parsed["ann_ids"], scene.ann_ids)
+        np.testing.assert_array_equal(parsed["boxes"], scene.boxes)
+        np.testing.assert_array_equal(parsed["classes"], scene.classes)
+        np.testing.assert_array_equal(parsed["order"], scene.order)
+        np.testing.assert_array_equal(parsed["occlusion"], scene.occlusion)
+        np.testing.assert_array_equal(parsed["area"], scene.amodal.sum(axis=(1, 2)))
+        np.testing.assert_array_equal(parsed["is_stuff"], scene.is_stuff)
+        np.testing.assert_array_equal(parsed["amodal"], scene.amodal)
+        np.testing.assert_array_equal(parsed["visible"], scene.visible)
+        np.testing.assert_array_equal(parsed["global_layers"], targets.global_layers)
+        np.testing.assert_array_equal(parsed["layer_crops"], targets.layer_crops)
+        np.testing.assert_array_equal(parsed["semdist_crops"], targets.semdist_crops)
+    assert example[0][0].num_instances == 5 and example[1][0].num_instances == 0
+
+
+def test_parse_tf_matches_parse(example):
+    import tensorflow as tf
+
+    for scene, image, targets, serialized in example:
+        parsed = records.parse(serialized, P)
+        t = {k: v.numpy() for k, v in records.parse_tf(tf.constant(serialized), P).items()}
+        np.testing.assert_array_equal(t["image"], np.asarray(Image.open(io.BytesIO(image.data))))
+        assert t["image_id"] == scene.image_id
+        assert t["orig_size"].tolist() == [scene.height, scene.width]
+        for key in ("boxes", "classes", "order", "occlusion"):
+            np.testing.assert_array_equal(t[key], parsed[key])
+            assert t[key].dtype == parsed[key].dtype
+        np.testing.assert_array_equal(t["area"], parsed["area"].astype(np.float32))
+        for key in ("global_layers", "layer_crops", "semdist_crops"):
+            np.testing.assert_array_equal(t[key], parsed[key])
+        assert t["layer_crops"].shape == (scene.num_instances, P, P)
+
+
+def test_records_are_compact(example):
+    scene, image, _, serialized = example[0]
+    masks = scene.amodal.size * 2 + scene.height * scene.width
+    # Targets and masks (RLE + PNG) take far less than raw bytes would.
+    assert len(serialized) - len(image.data) < masks / 4
