@@ -774,9 +774,13 @@ def _predicted_order(det: _ImageDets, members: list[int]) -> dict[tuple[int, int
         return {(a, b): 0 for a in members for b in members if a != b}
     # Imported here: the representation module is only needed for this fallback.
     from sln_jax import layering, semdist
-    amodal = np.moveaxis(mask_utils.decode([det.amodal[a] for a in members]), -1, 0).astype(bool)
-    visible = np.moveaxis(mask_utils.decode([det.visible[a] for a in members]), -1, 0)
-    visible = visible.astype(bool) & amodal
+    amodal = mask_utils.decode([det.amodal[a] for a in members]).astype(bool)
+    visible = mask_utils.decode([det.visible[a] for a in members]).astype(bool) & amodal
+    # Only pixels under two or more amodal masks carry order evidence: keep those, as a
+    # [N, 1, P] image, so that full-resolution masks stay cheap.
+    shared = amodal.sum(axis=-1) >= 2
+    amodal = amodal[shared].T[:, None, :]
+    visible = visible[shared].T[:, None, :]
     try:
         rank = layering.order_from_visibility(amodal, visible)
         pairwise = semdist.depth_order(layering.instance_layers(amodal, rank))
