@@ -1,0 +1,157 @@
+"""Second-stage heads on ROIs: the box head and the layering (or sem-dist) head.
+
+* ``BoxHead``: multi-level ROIAlign (``box_pool_size``) -> 2 FC (``fc_dim``, 1024 in the paper)
+  -> class logits over 1 + num_classes (0 = background) and class-specific box deltas
+  ``[1 + num_classes, 4]`` coded with ``sln_jax.ops.boxes.encode`` (weights 10, 10, 5, 5).
+* ``LayeringHead``: multi-level ROIAlign (``mask_pool_size`` = R/2) of the FPN, concatenated
+  with the ROIAligned GLM probabilities (when given) -> four 3x3 convs + ReLU -> 2x2 stride-2
+  transposed conv + ReLU -> 1x1 conv to R x R outputs per ROI:
+  head 'layers': K layer logits (channel c = {min(L, K-1) == c}, per-channel sigmoid);
+  head 'semdist': one sem-dist regression map (``sln_jax.semdist`` encoding, in [0, K+1)).
+  Per class (the channel set of the ROI's class is selected) or class-agnostic.
+  The convs carry no normalization: BatchNorm in training mode would need batch statistics
+  (the model keeps ``batch_stats`` frozen) and the head trains well without it.
+
+All functions take one image's ROIs ([N, 4]); the model vmaps them over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sln_jax.ops import roi_align as roi_ops
+
+__all__ = ["BoxHead", "LayeringHead", "pool_rois", "pool_glm"]
+
+# ROIAlign of the GLM map: it lives at stride 4.
+GLM_SPATIAL_SCALE = 0.25
+
+
+def pool_rois(pyramid: Sequence[jax.Array], rois: jax.Array, output_size: int) -> jax.Array:
+    """Multi-level ROIAlign of a batch.
+
+    Args:
+      pyramid: [P2..P6], P_l [B, h_l, w_l, C]; P2..P5 are pooled from (level by box size).
+      rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels.
+      output_size: static int.
+
+    Returns:
+      [B, N, output_size, output_size, C].
+    """
+    levels = list(pyramid[:4])
+
+    def one(image_levels, image_rois):
+        return roi_ops.multilevel_roi_align(image_levels, image_rois, output_size,
+                                            sampling_ratio=2)
+
+    return jax.vmap(one)(levels, rois)
+
+
+class BoxHead(nn.Module):
+    """Box classification and class-specific regression.
+
+    Attributes:
+      num_classes: C foreground classes (logits over C + 1).
+      fc_dim: width of the two hidden FC layers.
+    """
+    num_classes: int
+    fc_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """pooled: [B, N, p, p, C] ROI features.
+
+        Returns:
+          (logits float32 [B, N, C + 1], deltas float32 [B, N, C + 1, 4]).
+        """
+        b, n = pooled.shape[:2]
+        x = pooled.reshape(b, n, -1)
+        x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name="fc1")(x))
+        x = nn.relu(nn.Dense(self.fc_dim, dtype=self.dtype, name="fc2")(x))
+        logits = nn.Dense(self.num_classes + 1, kernel_init=nn.initializers.normal(0.01),
+                          dtype=self.dtype, name="cls")(x)
+        deltas = nn.Dense((self.num_classes + 1) * 4, kernel_init=nn.initializers.normal(0.001),
+                          dtype=self.dtype, name="deltas")(x)
+        return (logits.astype(jnp.float32),
+                deltas.reshape(b, n, self.num_classes + 1, 4).astype(jnp.float32))
+
+
+class LayeringHead(nn.Module):
+    """Per-ROI layer logits or sem-dist map.
+
+    Attributes:
+      head: 'layers' (K logits per pixel) or 'semdist' (one regression map).
+      num_layers: K.
+      num_classes: C; used when ``class_agnostic`` is False.
+      class_agnostic: one output set shared by all classes.
+      features: conv width (fpn_dim; 256 in the paper).
+    """
+    head: str
+    num_layers: int
+    num_classes: int
+    class_agnostic: bool
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array, classes: jax.Array,
+                 glm_pooled: jax.Array | None = None) -> jax.Array:
+        """Layering outputs of the ROIs.
+
+        Args:
+          pooled: [B, N, r, r, C] FPN features ROIAligned at r = R / 2.
+          classes: int32 [B, N] class (1..C) of each ROI, picks the output set when the
+            head is per class; ignored when class-agnostic.
+          glm_pooled: optional [B, N, r, r, K] ROIAligned GLM probabilities.
+
+        Returns:
+          head 'layers': float32 [B, N, R, R, K] logits; head 'semdist': float32 [B, N, R, R].
+        """
+        if self.head not in ("layers", "semdist"):
+            raise ValueError(f"unknown layering head {self.head!r}; choose 'layers' or 'semdist'")
+        x = pooled
+        if glm_pooled is not None:
+            x = jnp.concatenate([x, glm_pooled.astype(x.dtype)], axis=-1)
+        b, n, r = x.shape[:3]
+        x = x.reshape((b * n,) + x.shape[2:])
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        for i in range(4):
+            x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, kernel_init=init,
+                                dtype=self.dtype, name=f"conv{i + 1}")(x))
+        x = nn.relu(nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), kernel_init=init,
+                                     dtype=self.dtype, name="upsample")(x))
+        per_set = self.num_layers if self.head == "layers" else 1
+        sets = 1 if self.class_agnostic else self.num_classes
+        out = nn.Conv(per_set * sets, (1, 1), kernel_init=nn.initializers.normal(0.001),
+                      dtype=self.dtype, name="predictor")(x).astype(jnp.float32)
+        out = out.reshape(b, n, 2 * r, 2 * r, sets, per_set)
+        if self.class_agnostic:
+            out = out[:, :, :, :, 0]
+        else:
+            index = jnp.clip(classes - 1, 0, self.num_classes - 1)
+            out = jnp.take_along_axis(out, index[:, :, None, None, None, None], axis=4)[
+                :, :, :, :, 0]
+        return out if self.head == "layers" else out[..., 0]
+
+
+def pool_glm(glm_probs: jax.Array, rois: jax.Array, output_size: int) -> jax.Array:
+    """ROIAlign of the GLM probabilities (stride 4) for a batch.
+
+    Args:
+      glm_probs: float [B, S/4, S/4, K] softmax of the GLM logits.
+      rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels.
+      output_size: static int.
+
+    Returns:
+      [B, N, output_size, output_size, K].
+    """
+    def one(probs, image_rois):
+        return roi_ops.roi_align(probs, image_rois, output_size, GLM_SPATIAL_SCALE,
+                                 sampling_ratio=2)
+
+    return jax.vmap(one)(glm_probs, rois)
