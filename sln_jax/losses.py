@@ -1,0 +1,152 @@
+"""Every SLN loss term, from the training outputs of ``sln_jax.models.sln.SLN``.
+
+``compute(outputs, loss_config) -> (total, metrics)``: ``total`` float32 [] is the weighted
+sum; ``metrics`` holds every term unweighted under ``loss/<term>`` plus ``loss/total``.
+Terms (each normalized so that padding and unsampled entries never contribute):
+
+* ``rpn_cls``: sigmoid cross-entropy of the objectness over sampled anchors (labels 0 / 1),
+  mean over sampled anchors.
+* ``rpn_box``: smooth L1 (beta 1/9) of the anchor deltas, summed over the 4 coordinates,
+  mean over positive anchors.
+* ``box_cls``: softmax cross-entropy over 1 + C classes, mean over sampled ROIs.
+* ``box_reg``: smooth L1 (beta 1) of the GT class's deltas, summed over 4, mean over positives.
+* ``layers`` (head 'layers'): per-channel binary cross-entropy of the K layer logits against
+  the one-hot layer target (all zeros outside the amodal mask), mean over pixels and channels
+  of positive ROIs.
+* ``amodal`` (head 'layers'): binary cross-entropy of the amodal probability against the
+  amodal mask (target layer >= 0). The amodal probability is ``1 - prod_c (1 - sigmoid(z_c))``
+  ("some layer channel is on", i.e. 1 - P(background) under independent channels), not
+  ``sigmoid(sum_c z_c)`` as ``shared/paper/SLN.md`` paraphrases the reference: the per-layer
+  BCE drives every channel but one strongly negative on an object pixel, so the sum of logits
+  is negative exactly where the object is and the two losses would fight; the noisy-OR agrees
+  with the per-layer targets and is what ``sln_jax.models.postprocess`` decodes with.
+* ``semdist`` (head 'semdist'): smooth L1 (beta 1) of the sem-dist map, mean over pixels of
+  positive ROIs.
+* ``glm``: softmax cross-entropy of the global layering map at stride 4, mean over pixels
+  inside the image content (canvas padding ignored).
+
+Loss config fields (``config.loss``): rpn_cls, rpn_box, box_cls, box_reg, layers, amodal,
+semdist, glm (weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
+are not reported).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+__all__ = ["compute", "smooth_l1", "amodal_log_probs", "TERMS"]
+
+TERMS = ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm")
+RPN_BETA = 1.0 / 9.0
+BOX_BETA = 1.0
+_LN2 = 0.6931471805599453
+
+
+def smooth_l1(x: jax.Array, beta: float) -> jax.Array:
+    """Elementwise Huber-style smooth L1: 0.5 x^2 / beta for |x| < beta, |x| - beta / 2 else."""
+    ax = jnp.abs(x)
+    return jnp.where(ax < beta, 0.5 * ax * ax / beta, ax - 0.5 * beta)
+
+
+def amodal_log_probs(layer_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Log-probabilities that a pixel is / is not on the amodal mask.
+
+    Args:
+      layer_logits: float32 [..., K] per-layer logits.
+
+    Returns:
+      (log P(amodal), log P(background)), float32 [...]; P(background) = prod_c sigmoid(-z_c).
+    """
+    log_background = jnp.sum(jax.nn.log_sigmoid(-layer_logits), axis=-1)
+    # log(1 - exp(a)) for a <= 0, stable on both ends; each branch only sees its own range
+    # so the unused one stays finite and its gradient does not turn into NaN.
+    a = jnp.minimum(log_background, -1e-7)
+    near_zero = a > -_LN2
+    log_amodal = jnp.where(near_zero, jnp.log(-jnp.expm1(jnp.maximum(a, -_LN2))),
+                           jnp.log1p(-jnp.exp(jnp.minimum(a, -_LN2))))
+    return log_amodal, log_background
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _rpn_terms(outputs: dict) -> dict:
+    labels = outputs["rpn_labels"]
+    logits = outputs["rpn_logits"]
+    sampled = labels >= 0
+    positive = labels == 1
+    target = positive.astype(jnp.float32)
+    ce = -(target * jax.nn.log_sigmoid(logits) + (1 - target) * jax.nn.log_sigmoid(-logits))
+    reg = jnp.sum(smooth_l1(outputs["rpn_deltas"] - outputs["rpn_box_targets"], RPN_BETA), -1)
+    reg = jnp.where(positive, reg, 0.0)  # targets of unsampled anchors may be anything
+    return {"rpn_cls": _masked_mean(ce, sampled), "rpn_box": _masked_mean(reg, positive)}
+
+
+def _box_terms(outputs: dict) -> dict:
+    valid = outputs["roi_valid"]
+    positive = outputs["roi_is_positive"] & valid
+    log_probs = jax.nn.log_softmax(outputs["box_logits"], axis=-1)
+    ce = -jnp.take_along_axis(log_probs, outputs["roi_classes"][..., None], axis=-1)[..., 0]
+    reg = jnp.sum(smooth_l1(outputs["box_deltas"] - outputs["roi_box_targets"], BOX_BETA), -1)
+    reg = jnp.where(positive, reg, 0.0)
+    return {"box_cls": _masked_mean(ce, valid), "box_reg": _masked_mean(reg, positive)}
+
+
+def _layer_terms(outputs: dict) -> dict:
+    logits = outputs["layer_logits"]  # [B, Np, R, R, K]
+    targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
+    num_layers = logits.shape[-1]
+    roi_mask = outputs["mask_valid"][:, :, None, None]
+    one_hot = jax.nn.one_hot(targets, num_layers)  # -1 -> all zeros
+    bce = -(one_hot * jax.nn.log_sigmoid(logits) + (1 - one_hot) * jax.nn.log_sigmoid(-logits))
+    pixel_mask = jnp.broadcast_to(roi_mask, targets.shape)
+    layers = _masked_mean(jnp.mean(bce, axis=-1), pixel_mask)
+    log_amodal, log_background = amodal_log_probs(logits)
+    amodal = targets >= 0
+    amodal_ce = -jnp.where(amodal, log_amodal, log_background)
+    return {"layers": layers, "amodal": _masked_mean(amodal_ce, pixel_mask)}
+
+
+def _semdist_terms(outputs: dict) -> dict:
+    pred = outputs["semdist"]
+    err = smooth_l1(pred - outputs["semdist_targets"], BOX_BETA)
+    pixel_mask = jnp.broadcast_to(outputs["mask_valid"][:, :, None, None], pred.shape)
+    return {"semdist": _masked_mean(err, pixel_mask)}
+
+
+def _glm_terms(outputs: dict) -> dict:
+    log_probs = jax.nn.log_softmax(outputs["global_logits"], axis=-1)
+    ce = -jnp.take_along_axis(log_probs, outputs["global_targets"][..., None], axis=-1)[..., 0]
+    return {"glm": _masked_mean(ce, outputs["global_valid"])}
+
+
+def compute(outputs: dict, loss_config: ml_collections.ConfigDict
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted total loss and every unweighted term.
+
+    Args:
+      outputs: ``SLN(..., train=True)`` outputs (see ``sln_jax.models.sln``), leading [B].
+      loss_config: ``config.loss`` with one weight per term of ``TERMS``.
+
+    Returns:
+      (total float32 [], metrics dict 'loss/<term>' -> float32 [] and 'loss/total').
+    """
+    terms = {}
+    terms.update(_rpn_terms(outputs))
+    terms.update(_box_terms(outputs))
+    if "layer_logits" in outputs:
+        terms.update(_layer_terms(outputs))
+    if "semdist" in outputs:
+        terms.update(_semdist_terms(outputs))
+    if "global_logits" in outputs:
+        terms.update(_glm_terms(outputs))
+    total = jnp.zeros((), jnp.float32)
+    for name, value in terms.items():
+        total = total + float(loss_config[name]) * value
+    metrics = {f"loss/{name}": value for name, value in terms.items()}
+    metrics["loss/total"] = total
+    return total, metrics

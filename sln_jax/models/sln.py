@@ -1,0 +1,308 @@
+"""The Semantics Layering Network: ResNet-FPN, RPN, box head, GLM and layering head.
+
+``SLN(config.model)`` is a Flax linen module (see ``docs/interfaces.md``):
+
+    SLN(cfg).__call__(images [B, S, S, 3] float32, gt: dict | None = None, train: bool = False)
+
+Everything is static-shape and jittable: the batch is vmapped, sampling draws from the
+``'sampling'`` rng stream, and no Python loop runs over instances.
+
+**train=True** (``gt`` = the per-device batch of ``docs/interfaces.md``) returns predictions
+together with their sampled targets, for ``sln_jax.losses.compute``:
+
+=====================  =========================================  ==========================
+key                    shape, dtype                               meaning
+=====================  =========================================  ==========================
+rpn_logits             float32 [B, A]                             objectness of every anchor
+rpn_deltas             float32 [B, A, 4]                          box deltas of every anchor
+rpn_labels             int32 [B, A]                               1 fg, 0 bg, -1 not sampled
+rpn_box_targets        float32 [B, A, 4]                          encoded GT deltas
+box_logits             float32 [B, N, C + 1]                      sampled ROIs' class logits
+box_deltas             float32 [B, N, 4]                          deltas of the ROI's GT class
+roi_classes            int32 [B, N]                               GT class, 0 = background
+roi_box_targets        float32 [B, N, 4]                          encoded GT deltas
+roi_is_positive        bool [B, N]                                foreground ROI
+roi_valid              bool [B, N]                                sampled (not padding)
+mask_valid             bool [B, Np]                               positive ROI in mask slot
+layer_logits           float32 [B, Np, R, R, K]                   head 'layers' only
+layer_targets          int32 [B, Np, R, R]                        -1 outside the amodal mask
+semdist                float32 [B, Np, R, R]                      head 'semdist' only
+semdist_targets        float32 [B, Np, R, R]                      head 'semdist' only
+global_logits          float32 [B, S/4, S/4, K]                   when ``glm``
+global_targets         int32 [B, S/4, S/4]                        stride-4 samples of the map
+global_valid           bool [B, S/4, S/4]                         inside the image content
+=====================  =========================================  ==========================
+
+N = ``roi_batch_per_image``; Np = round(N * ``roi_positive_fraction``) mask slots: the
+layering head only runs on positive ROIs (the most there can be), not on all N.
+
+**train=False** returns ``max_detections`` (D) detections per image: ``boxes`` f32 [B, D, 4]
+(canvas pixels), ``scores`` f32 [B, D], ``classes`` i32 [B, D], ``valid`` bool [B, D],
+``layer_logits`` f32 [B, D, R, R, K] (head 'layers') or ``semdist`` f32 [B, D, R, R] (head
+'semdist'), and ``global_logits`` f32 [B, S/4, S/4, K] (zeros when ``glm`` is off).
+
+Variables: ``params``, and ``batch_stats`` for the frozen BatchNorm statistics (never updated:
+the norm always runs in inference mode). ``model.init(rng, images)`` (train=False) creates
+every parameter.
+
+Config fields read (``config.model``):
+  backbone: 'resnet_tiny' | 'resnet18' | 'resnet50' | 'resnet101'.
+  norm: 'frozen_bn' | 'group_norm' (backbone normalization).
+  backbone_width: base width of 'resnet_tiny' (the others use 64).
+  fpn_dim: FPN channels; also the RPN conv width and the layering-head conv width; the box
+    head's FC width is 4 * fpn_dim (1024 at the paper's 256).
+  num_classes: C foreground classes (1..C; 0 = background).
+  num_layers: K layer classes.
+  anchor_sizes: one anchor side (pixels) per RPN level from P2 up: 5 sizes use P2..P6
+    (strides 4..64, the paper's 32..512), 4 sizes use P2..P5.
+  anchor_ratios: aspect ratios height / width, e.g. (0.5, 1.0, 2.0).
+  rpn_pre_nms_topk: candidates kept before the proposal NMS (training and inference).
+  rpn_post_nms_topk: P proposals per image after NMS; also the number of class-specific
+    candidates kept before the detection NMS.
+  rpn_nms_threshold: proposal NMS IoU (0.7).
+  rpn_batch_per_image, rpn_positive_fraction: anchors sampled per image for the RPN loss.
+  roi_batch_per_image, roi_positive_fraction, roi_positive_iou: ROI sampling for the heads.
+  box_pool_size: ROIAlign side of the box head (7).
+  mask_pool_size: ROIAlign side of the layering head (R / 2).
+  mask_size: R, the layering head's output side; must equal 2 * mask_pool_size.
+  head: 'layers' | 'semdist'.
+  class_agnostic_masks: one layering output shared by all classes.
+  glm: use the global layering module (its loss, and its maps in the layering head).
+  glm_dim: GLM conv width.
+  score_threshold: detections below this class probability are dropped (inference).
+  nms_threshold: per-class detection NMS IoU (inference).
+  max_detections: D.
+  dtype: 'float32' | 'bfloat16' compute dtype (parameters and outputs stay float32).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sln_jax.models.backbone import FPN, ResNet
+from sln_jax.models.glm import GlobalLayeringModule
+from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_glm, pool_rois
+from sln_jax.models.rpn import RPNHead, proposals
+from sln_jax.ops import boxes as box_ops
+from sln_jax.ops import sampling
+from sln_jax.ops.anchors import generate_anchors
+
+__all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config"]
+
+FPN_STRIDES = (4, 8, 16, 32, 64)
+GLM_STRIDE = 4
+
+
+def num_mask_rois(cfg: ml_collections.ConfigDict) -> int:
+    """Np: layering-head slots per image in training (the most positives sampling yields)."""
+    return max(1, int(round(cfg.roi_batch_per_image * cfg.roi_positive_fraction)))
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first inconsistent ``config.model`` field."""
+    if cfg.mask_size != 2 * cfg.mask_pool_size:
+        raise ValueError(f"config.model.mask_size ({cfg.mask_size}) must be 2 * mask_pool_size "
+                         f"({cfg.mask_pool_size}): the layering head upsamples 2x")
+    if not 1 <= len(cfg.anchor_sizes) <= len(FPN_STRIDES):
+        raise ValueError(f"config.model.anchor_sizes needs 1 to {len(FPN_STRIDES)} sizes (one "
+                         f"per level from P2 up), got {tuple(cfg.anchor_sizes)}")
+    if cfg.head not in ("layers", "semdist"):
+        raise ValueError(f"config.model.head must be 'layers' or 'semdist', got {cfg.head!r}")
+    if cfg.num_layers < 2:
+        raise ValueError(f"config.model.num_layers must be >= 2, got {cfg.num_layers}")
+
+
+def _take(values: jax.Array, index: jax.Array) -> jax.Array:
+    """Gather along axis 1: values [B, M, ...], index int [B, N] -> [B, N, ...]."""
+    return jax.vmap(lambda v, i: v[i])(values, index)
+
+
+class SLN(nn.Module):
+    """The whole network; see the module docstring for inputs, outputs and config fields."""
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, images: jax.Array, gt: dict | None = None, train: bool = False) -> dict:
+        """images: float32 [B, S, S, 3] normalized, S divisible by 64; gt: the batch (train).
+
+        Returns the dict of predictions (and targets when training) described above.
+        """
+        cfg = self.config
+        check_config(cfg)
+        if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[1] % 64:
+            raise ValueError(f"SLN expects images [B, S, S, 3] with S divisible by 64, got "
+                             f"{images.shape}")
+        if train and gt is None:
+            raise ValueError("SLN(train=True) needs the ground-truth batch `gt`")
+        dtype = jnp.dtype(cfg.dtype)
+        size = images.shape[1]
+        width = cfg.backbone_width if cfg.backbone == "resnet_tiny" else 64
+        features = ResNet(cfg.backbone, cfg.norm, width, dtype=dtype, name="backbone")(images)
+        pyramid = FPN(cfg.fpn_dim, dtype=dtype, name="fpn")(features)
+
+        rpn_levels = len(cfg.anchor_sizes)
+        anchors_np, _ = generate_anchors(size, FPN_STRIDES[:rpn_levels],
+                                         tuple(cfg.anchor_sizes), tuple(cfg.anchor_ratios))
+        anchors = jnp.asarray(anchors_np)
+        rpn_logits, rpn_deltas = RPNHead(len(cfg.anchor_ratios), cfg.fpn_dim, dtype=dtype,
+                                         name="rpn")(pyramid[:rpn_levels])
+        propose = functools.partial(
+            proposals, anchors=anchors, canvas_size=size, pre_nms_topk=cfg.rpn_pre_nms_topk,
+            post_nms_topk=cfg.rpn_post_nms_topk, nms_threshold=cfg.rpn_nms_threshold)
+        prop_boxes, _, prop_valid = jax.vmap(propose)(rpn_logits, rpn_deltas)
+
+        global_logits = None
+        if cfg.glm:
+            global_logits = GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype,
+                                                 name="glm")(pyramid)
+        box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype, name="box_head")
+        layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
+                                  cfg.class_agnostic_masks, cfg.fpn_dim, dtype=dtype,
+                                  name="layer_head")
+
+        def run_layer_head(rois, classes):
+            pooled = pool_rois(pyramid, rois, cfg.mask_pool_size)
+            glm_pooled = None
+            if global_logits is not None:
+                glm_pooled = pool_glm(jax.nn.softmax(global_logits, axis=-1), rois,
+                                      cfg.mask_pool_size)
+            return layer_head(pooled, classes, glm_pooled)
+
+        if train:
+            outputs = self._train_outputs(gt, anchors, rpn_logits, rpn_deltas, prop_boxes,
+                                          prop_valid, pyramid, box_head, run_layer_head)
+            if global_logits is not None:
+                outputs.update(_global_targets(gt, global_logits))
+            return outputs
+        outputs = self._detect(prop_boxes, prop_valid, pyramid, box_head, run_layer_head, size)
+        if global_logits is None:
+            global_logits = jnp.zeros((images.shape[0], size // GLM_STRIDE, size // GLM_STRIDE,
+                                       cfg.num_layers), jnp.float32)
+        outputs["global_logits"] = global_logits
+        return outputs
+
+    def _train_outputs(self, gt, anchors, rpn_logits, rpn_deltas, prop_boxes, prop_valid,
+                       pyramid, box_head, run_layer_head) -> dict:
+        cfg = self.config
+        batch = rpn_logits.shape[0]
+        gt_boxes = jnp.asarray(gt["boxes"], jnp.float32)
+        gt_classes = jnp.asarray(gt["classes"], jnp.int32)
+        gt_valid = jnp.asarray(gt["valid"], bool)
+        keys = jax.random.split(self.make_rng("sampling"), 2 * batch)
+        rpn_keys, roi_keys = keys[:batch], keys[batch:]
+
+        def rpn_one(boxes, valid, key):
+            return sampling.rpn_targets(anchors, boxes, valid, key, cfg.rpn_batch_per_image,
+                                        cfg.rpn_positive_fraction)
+
+        rpn_t = jax.vmap(rpn_one)(gt_boxes, gt_valid, rpn_keys)
+
+        def roi_one(props, pvalid, boxes, classes, valid, key):
+            return sampling.sample_rois(props, pvalid, boxes, classes, valid, key,
+                                        cfg.roi_batch_per_image, cfg.roi_positive_fraction,
+                                        positive_iou=cfg.roi_positive_iou)
+
+        rois = jax.vmap(roi_one)(prop_boxes, prop_valid, gt_boxes, gt_classes, gt_valid,
+                                 roi_keys)
+        roi_boxes = jax.lax.stop_gradient(rois["rois"])
+        box_logits, box_deltas = box_head(pool_rois(pyramid, roi_boxes, cfg.box_pool_size))
+        roi_classes = rois["classes"].astype(jnp.int32)
+        class_deltas = jnp.take_along_axis(box_deltas, roi_classes[:, :, None, None],
+                                           axis=2)[:, :, 0]
+        is_positive = rois["is_positive"] & rois["valid"]
+        outputs = {
+            "rpn_logits": rpn_logits,
+            "rpn_deltas": rpn_deltas,
+            "rpn_labels": rpn_t["labels"].astype(jnp.int32),
+            "rpn_box_targets": rpn_t["box_targets"],
+            "box_logits": box_logits,
+            "box_deltas": class_deltas,
+            "roi_classes": roi_classes,
+            "roi_box_targets": rois["box_targets"],
+            "roi_is_positive": is_positive,
+            "roi_valid": rois["valid"].astype(bool),
+        }
+
+        # The layering head sees positives only: gather them into Np fixed slots.
+        slots = num_mask_rois(cfg)
+        first = jnp.argsort(jnp.logical_not(is_positive).astype(jnp.int32), axis=1,
+                            stable=True)[:, :slots]
+        mask_rois = _take(roi_boxes, first)
+        mask_valid = _take(is_positive, first)
+        mask_classes = _take(roi_classes, first)
+        matched = _take(rois["matched_gt"].astype(jnp.int32), first)
+        matched_boxes = _take(gt_boxes, matched)
+        outputs["mask_valid"] = mask_valid
+        prediction = run_layer_head(mask_rois, mask_classes)
+        if cfg.head == "layers":
+            targets = jax.vmap(functools.partial(sampling.roi_layer_targets,
+                                                 output_size=cfg.mask_size))(
+                mask_rois, matched_boxes, _take(jnp.asarray(gt["layers"]), matched))
+            outputs["layer_logits"] = prediction
+            outputs["layer_targets"] = targets.astype(jnp.int32)
+        else:
+            targets = jax.vmap(functools.partial(sampling.roi_semdist_targets,
+                                                 output_size=cfg.mask_size))(
+                mask_rois, matched_boxes, _take(jnp.asarray(gt["semdist"]), matched))
+            outputs["semdist"] = prediction
+            outputs["semdist_targets"] = targets.astype(jnp.float32)
+        return outputs
+
+    def _detect(self, prop_boxes, prop_valid, pyramid, box_head, run_layer_head,
+                size: int) -> dict:
+        cfg = self.config
+        batch, num_props = prop_boxes.shape[:2]
+        num_classes = cfg.num_classes
+        logits, deltas = box_head(pool_rois(pyramid, prop_boxes, cfg.box_pool_size))
+        probs = jax.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, P, C]
+        fg_deltas = deltas[:, :, 1:]  # [B, P, C, 4]
+        anchors = jnp.broadcast_to(prop_boxes[:, :, None], fg_deltas.shape)
+        boxes = box_ops.decode(fg_deltas.reshape(-1, 4), anchors.reshape(-1, 4),
+                               clip_to=(size, size)).reshape(batch, num_props * num_classes, 4)
+        keep = (prop_valid[:, :, None] & (probs >= cfg.score_threshold)).reshape(batch, -1)
+        scores = jnp.where(keep, probs.reshape(batch, -1), -jnp.inf)
+        classes = jnp.broadcast_to(jnp.arange(1, num_classes + 1, dtype=jnp.int32),
+                                   probs.shape).reshape(batch, -1)
+        candidates = min(num_props * num_classes, max(cfg.rpn_post_nms_topk,
+                                                      cfg.max_detections))
+
+        def detect_one(image_boxes, image_scores, image_classes):
+            top_scores, top = jax.lax.top_k(image_scores, candidates)
+            top_boxes, top_classes = image_boxes[top], image_classes[top]
+            keep_idx, _ = box_ops.batched_nms(top_boxes, top_scores, top_classes,
+                                              cfg.nms_threshold, cfg.max_detections)
+            valid = keep_idx >= 0
+            safe = jnp.maximum(keep_idx, 0)
+            return (jnp.where(valid[:, None], top_boxes[safe], 0.0),
+                    jnp.where(valid, top_scores[safe], 0.0),
+                    jnp.where(valid, top_classes[safe], 0), valid)
+
+        det_boxes, det_scores, det_classes, det_valid = jax.vmap(detect_one)(
+            boxes, scores, classes)
+        det_boxes = jax.lax.stop_gradient(det_boxes)
+        outputs = {"boxes": det_boxes, "scores": det_scores, "classes": det_classes,
+                   "valid": det_valid}
+        prediction = run_layer_head(det_boxes, det_classes)
+        outputs["layer_logits" if cfg.head == "layers" else "semdist"] = prediction
+        return outputs
+
+
+def _global_targets(gt: dict, global_logits: jax.Array) -> dict:
+    """Stride-4 GLM targets: the canvas map sampled at the pixel nearest each cell centre
+    (cell i covers pixels 4i..4i+3), valid inside the image content (not canvas padding)."""
+    h, w = global_logits.shape[1:3]
+    offset = GLM_STRIDE // 2
+    layers = jnp.asarray(gt["global_layers"])[:, offset::GLM_STRIDE, offset::GLM_STRIDE]
+    layers = layers[:, :h, :w].astype(jnp.int32)
+    rows = jnp.arange(h) * GLM_STRIDE + offset
+    cols = jnp.arange(w) * GLM_STRIDE + offset
+    image_size = jnp.asarray(gt["image_size"], jnp.int32)
+    valid = ((rows[None, :, None] < image_size[:, 0, None, None])
+             & (cols[None, None, :] < image_size[:, 1, None, None]))
+    return {"global_logits": global_logits, "global_targets": layers, "global_valid": valid}
+
