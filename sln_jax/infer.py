@@ -665,16 +665,18 @@ def _common_root(paths: Sequence[Path]) -> Path:
 
 
 def _class_names(config, annotations: str | None) -> dict[int, str]:
-    """Category names by id: from the GT JSON when given, else the dataset's metadata.json."""
-    candidates = [annotations] if annotations else []
-    candidates.append(os.path.join(str(config.data.dir), "metadata.json"))
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate):
-            with open(candidate) as f:
-                data = json.load(f)
-            categories = data.get("categories") if isinstance(data, dict) else None
-            if isinstance(categories, list):
-                return {int(c["id"]): str(c["name"]) for c in categories}
+    """Category names by id: the GT JSON's ``categories`` when given, else the ``classes``
+    the converter recorded in the dataset's metadata.json; empty when neither is there."""
+    if annotations:
+        with open(annotations) as f:
+            categories = json.load(f).get("categories")
+        if isinstance(categories, list):
+            return {int(c["id"]): str(c["name"]) for c in categories}
+    metadata = os.path.join(str(config.data.dir), "metadata.json")
+    if os.path.isfile(metadata):
+        with open(metadata) as f:
+            classes = json.load(f).get("classes", {})
+        return {int(k): str(v) for k, v in classes.items()}
     return {}
 
 
