@@ -119,7 +119,10 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
         "targets/semdist": strings([encode_png(targets.semdist_crops.reshape(n * p, p))
                                     if n else b""]),
     }
-    return pb.Example(features=pb.Features(feature=feature)).SerializeToString()
+    # deterministic: map order must not depend on the process's hash seed, so reruns and
+    # any worker count write identical shards.
+    return pb.Example(features=pb.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
