@@ -1,0 +1,245 @@
+"""Input pipeline: shapes and dtypes, values against the records, flip consistency,
+determinism, resume at a step, evaluation padding, host sharding, metadata checks."""
+
+import itertools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amodal_files import layered_scene, write_d2sa
+from data_prep import convert, records
+from sln_jax import input_pipeline
+
+K, P, S, M = 3, 10, 32, 3
+SIZES = [(48, 64), (40, 30), (48, 64), (36, 36), (48, 64), (20, 50)]
+
+
+def _scene(index, h, w):
+    scene = layered_scene(height=h, width=w, seed=index, count=[2, 4, 0, 5, 1, 3][index])
+    return scene
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    scenes = [_scene(i, h, w) for i, (h, w) in enumerate(SIZES)]
+    out = str(root / "records")
+    for split, shards in (("train", 2), ("val", 3)):
+        path, images = write_d2sa(str(root / "d2sa"), scenes if split == "train" else scenes[:5],
+                                  split=split)
+        convert.convert("d2sa", path, images, out, split=split, num_shards=shards, workers=1,
+                        num_layers=K, mask_target_size=P, progress=False)
+    return out
+
+
+def _config(data_dir, **overrides):
+    values = dict(dir=data_dir, image_size=S, max_instances=M, mask_target_size=P,
+                  num_layers=K, num_classes=3, train_split="train", eval_split="val",
+                  shuffle_buffer=8, flip=True)
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
+def _records(data_dir, split="train"):
+    with open(os.path.join(data_dir, "metadata.json")) as f:
+        files = json.load(f)["splits"][split]["files"]
+    ds = tf.data.TFRecordDataset([os.path.join(data_dir, n) for n in files])
+    return {r["image_id"]: r for r in (records.parse(x.numpy(), P) for x in ds)}
+
+
+def _images(batch):
+    """Flatten [D, B, ...] to a list of per-image dicts."""
+    flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+    return [{k: v[i] for k, v in flat.items()} for i in range(flat["image"].shape[0])]
+
+
+def _take(iterator, count):
+    return list(itertools.islice(iterator, count))
+
+
+EXPECTED = {
+    "image": (np.float32, (S, S, 3)), "image_id": (np.int32, ()),
+    "image_size": (np.int32, (2,)), "orig_size": (np.int32, (2,)), "scale": (np.float32, ()),
+    "boxes": (np.float32, (M, 4)), "classes": (np.int32, (M,)), "valid": (np.bool_, (M,)),
+    "order": (np.int32, (M,)), "occlusion": (np.float32, (M,)),
+    "layers": (np.int8, (M, P, P)), "semdist": (np.float32, (M, P, P)),
+    "global_layers": (np.int8, (S, S)), "image_valid": (np.bool_, ()),
+}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_keys_dtypes_shapes(data_dir, train):
+    it = input_pipeline.create_dataset(_config(data_dir), "train", batch_dims=(2, 2),
+                                       train=train, seed=0)
+    batch = next(iter(it))
+    assert set(batch) == set(EXPECTED)
+    for key, (dtype, shape) in EXPECTED.items():
+        assert batch[key].dtype == dtype, key
+        assert batch[key].shape == (2, 2) + shape, key
+
+
+def _check_against_record(out, rec):
+    h, w = rec["height"], rec["width"]
+    scale = S / max(h, w)
+    nh, nw = round(h * scale), round(w * scale)
+    assert out["image_size"].tolist() == [nh, nw]
+    assert out["orig_size"].tolist() == [h, w]
+    assert out["scale"] == pytest.approx(scale)
+    pixels = tf.io.decode_png(rec["image"], channels=3)
+    resized = tf.image.resize(pixels, [nh, nw], antialias=True).numpy()
+    norm = (resized / 255.0 - input_pipeline.IMAGENET_MEAN) / input_pipeline.IMAGENET_STD
+    np.testing.assert_allclose(out["image"][:nh, :nw], norm, atol=1e-5)
+    assert not out["image"][nh:].any() and not out["image"][:, nw:].any()
+    gl = tf.image.resize(rec["global_layers"][:, :, None], [nh, nw], method="nearest")
+    np.testing.assert_array_equal(out["global_layers"][:nh, :nw], gl.numpy()[:, :, 0])
+    assert not out["global_layers"][nh:].any() and not out["global_layers"][:, nw:].any()
+    n = len(rec["classes"])
+    kept = np.sort(np.argsort(-rec["area"], kind="stable")[:M])
+    count = len(kept)
+    assert out["valid"].tolist() == [True] * count + [False] * (M - count)
+    np.testing.assert_allclose(out["boxes"][:count],
+                               rec["boxes"][kept] * [nh / h, nw / w, nh / h, nw / w],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(out["classes"][:count], rec["classes"][kept])
+    np.testing.assert_array_equal(out["order"][:count], rec["order"][kept])
+    np.testing.assert_array_equal(out["occlusion"][:count], rec["occlusion"][kept])
+    np.testing.assert_array_equal(out["layers"][:count],
+                                  rec["layer_crops"][kept].astype(np.int8) - 1)
+    np.testing.assert_allclose(out["semdist"][:count],
+                               rec["semdist_crops"][kept].astype(np.float64) * (K + 1) / 255.0,
+                               rtol=1e-6)
+    # Padding instances.
+    assert (out["classes"][count:] == 0).all() and not out["boxes"][count:].any()
+    assert (out["order"][count:] == input_pipeline.PADDING_ORDER).all()
+    assert (out["layers"][count:] == -1).all() and not out["semdist"][count:].any()
+    return n
+
+
+def test_values_match_records_and_largest_instances_are_kept(data_dir):
+    recs = _records(data_dir)
+    it = input_pipeline.create_dataset(_config(data_dir, flip=False), "train",
+                                       batch_dims=(1, 3), train=True, seed=3)
+    seen = [img for batch in _take(it, 2) for img in _images(batch)]
+    # One epoch (6 images, 2 steps of 3) visits every image once.
+    assert sorted(int(img["image_id"]) for img in seen) == sorted(recs)
+    counts = [_check_against_record(img, recs[int(img["image_id"])]) for img in seen]
+    assert max(counts) > M  # the selection of the largest instances was exercised
+
+
+def _mirror(img):
+    nw = int(img["image_size"][1])
+    out = dict(img)
+    out["image"] = img["image"].copy()
+    out["image"][:, :nw] = img["image"][:, :nw][:, ::-1]
+    out["global_layers"] = img["global_layers"].copy()
+    out["global_layers"][:, :nw] = img["global_layers"][:, :nw][:, ::-1]
+    boxes = img["boxes"].copy()
+    valid = img["valid"]
+    boxes[valid, 1], boxes[valid, 3] = nw - img["boxes"][valid, 3], nw - img["boxes"][valid, 1]
+    out["boxes"] = boxes
+    out["layers"] = img["layers"][:, :, ::-1]
+    out["semdist"] = img["semdist"][:, :, ::-1]
+    return out
+
+
+def test_flip_is_consistent(data_dir):
+    plain = input_pipeline.create_dataset(_config(data_dir, flip=False), "train",
+                                          batch_dims=(1, 3), train=True, seed=5)
+    flipped = input_pipeline.create_dataset(_config(data_dir, flip=True), "train",
+                                            batch_dims=(1, 3), train=True, seed=5)
+    kinds = []
+    for a, b in zip(_take(plain, 6), _take(flipped, 6)):
+        for x, y in zip(_images(a), _images(b)):
+            same = all(np.array_equal(x[k], y[k]) for k in x)
+            if not same:
+                mirrored = _mirror(x)
+                for key in x:
+                    np.testing.assert_allclose(mirrored[key], y[key], atol=1e-5, err_msg=key)
+            kinds.append(same)
+    assert any(kinds) and not all(kinds)
+
+
+def test_deterministic_for_a_seed(data_dir):
+    def ids(seed):
+        it = input_pipeline.create_dataset(_config(data_dir), "train", batch_dims=(1, 2),
+                                           train=True, seed=seed)
+        batches = _take(it, 6)
+        return batches, [b["image_id"].ravel().tolist() for b in batches]
+
+    first, first_ids = ids(1)
+    second, second_ids = ids(1)
+    assert first_ids == second_ids
+    for a, b in zip(first, second):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert ids(2)[1] != first_ids
+    # Epochs are reshuffled: epoch 0 and epoch 1 (3 steps each) differ in order.
+    flat = list(itertools.chain(*first_ids))
+    assert sorted(flat[:6]) == sorted(flat[6:]) and flat[:6] != flat[6:]
+
+
+@pytest.mark.parametrize("start_step", [1, 4, 7])
+def test_resume_sees_the_same_batches(data_dir, start_step):
+    config = _config(data_dir)
+    full = _take(input_pipeline.create_dataset(config, "train", batch_dims=(1, 4), train=True,
+                                               seed=7), start_step + 2)
+    resumed = _take(input_pipeline.create_dataset(config, "train", batch_dims=(1, 4),
+                                                  train=True, seed=7, start_step=start_step), 2)
+    for a, b in zip(full[start_step:], resumed):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_eval_pads_the_last_batch(data_dir):
+    recs = _records(data_dir, "val")
+    batches = list(input_pipeline.create_dataset(_config(data_dir), "val", batch_dims=(2, 1),
+                                                 train=False, seed=0))
+    assert len(batches) == 3
+    images = [img for b in batches for img in _images(b)]
+    assert [bool(img["image_valid"]) for img in images] == [True] * 5 + [False]
+    with open(os.path.join(data_dir, "metadata.json")) as f:
+        files = json.load(f)["splits"]["val"]["files"]
+    ds = tf.data.TFRecordDataset([os.path.join(data_dir, n) for n in files])
+    in_file_order = [records.parse(x.numpy(), P)["image_id"] for x in ds]
+    assert [int(img["image_id"]) for img in images[:5]] == in_file_order
+    for img in images[:5]:
+        _check_against_record(img, recs[int(img["image_id"])])  # no flip in evaluation
+    pad = images[5]
+    assert not pad["valid"].any() and not pad["image"].any()
+    assert (pad["layers"] == -1).all() and (pad["order"] == input_pipeline.PADDING_ORDER).all()
+
+
+def test_host_sharding(data_dir, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    # val: 3 files of 2, 1, 2 examples; host 1 reads file 1 (1 example), host 0 reads 4.
+    batches = list(input_pipeline.create_dataset(_config(data_dir), "val", batch_dims=(1, 2),
+                                                 train=False, seed=0))
+    valid = [b["image_valid"].ravel().tolist() for b in batches]
+    assert valid == [[True, False], [False, False]]  # lockstep with host 0's two batches
+    train = next(input_pipeline.create_dataset(_config(data_dir), "train", batch_dims=(1, 3),
+                                               train=True, seed=0))
+    assert sorted(train["image_id"].ravel().tolist()) == [4, 5, 6]  # the second train file
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    with pytest.raises(ValueError, match="has 2 shard files for 4 hosts"):
+        input_pipeline.create_dataset(_config(data_dir), "train", batch_dims=(1, 3),
+                                      train=True, seed=0)
+
+
+def test_read_metadata_checks_the_config(data_dir, tmp_path):
+    meta = input_pipeline.read_metadata(data_dir, _config(data_dir))
+    assert (meta["num_layers"], meta["mask_target_size"], meta["num_classes"]) == (K, P, 3)
+    with pytest.raises(ValueError, match="the data has num_layers = 3 but the config says 4"):
+        input_pipeline.read_metadata(data_dir, _config(data_dir, num_layers=4))
+    with pytest.raises(ValueError, match="num_classes = 3 but the config says 80"):
+        input_pipeline.read_metadata(data_dir, _config(data_dir, num_classes=80))
+    with pytest.raises(FileNotFoundError, match="convert the dataset first"):
+        input_pipeline.read_metadata(str(tmp_path))
+    with pytest.raises(ValueError, match="no split 'test'"):
+        input_pipeline.create_dataset(_config(data_dir), "test", batch_dims=(1, 1),
+                                      train=False, seed=0)
