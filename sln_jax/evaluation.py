@@ -30,7 +30,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -166,7 +166,7 @@ def _to_rle(segm, height: int, width: int, where: str) -> dict:
     return segm
 
 
-def _check_compressed_rles(rles: Sequence[dict], wheres: Sequence[str]) -> None:
+def _check_compressed_rles(rles: Sequence[dict], describe: Callable[[int], str]) -> None:
     """Validate compressed COCO RLE strings, all at once, without decoding the masks.
 
     Mirrors pycocotools' ``rleFrString``: 6-bit chars from '0', 5 value bits, a
@@ -174,6 +174,13 @@ def _check_compressed_rles(rles: Sequence[dict], wheres: Sequence[str]) -> None:
     differences to the run two before. Each string must parse into non-negative runs
     summing to height x width; pycocotools' C decoder does not check this and would
     write past its buffer.
+
+    Args:
+      rles: COCO RLE dicts with ``size`` [h, w] and ``counts`` (str or bytes).
+      describe: index -> what the RLE is (file, id), for the error message.
+
+    Raises:
+      ValueError: "<describe(i)>: malformed RLE (<why>)" for the first bad one.
     """
     if not rles:
         return
@@ -185,10 +192,10 @@ def _check_compressed_rles(rles: Sequence[dict], wheres: Sequence[str]) -> None:
 
     def fail_at_char(bad: np.ndarray, why: str):
         string = int(np.searchsorted(char_end, np.flatnonzero(bad)[0], side="right"))
-        raise ValueError(f"{wheres[string]}: malformed RLE ({why})")
+        raise ValueError(f"{describe(string)}: malformed RLE ({why})")
 
     def fail_string(bad: np.ndarray, why: str):
-        raise ValueError(f"{wheres[int(np.flatnonzero(bad)[0])]}: malformed RLE ({why})")
+        raise ValueError(f"{describe(int(np.flatnonzero(bad)[0]))}: malformed RLE ({why})")
 
     raw = np.frombuffer(b"".join(blobs), np.uint8)
     bad = (raw < 48) | (raw > 111)
@@ -202,36 +209,48 @@ def _check_compressed_rles(rles: Sequence[dict], wheres: Sequence[str]) -> None:
         open_end[nonempty] = ~ends[char_end[nonempty] - 1]
         fail_string(open_end, "truncated count")
     token_end = np.flatnonzero(ends)
-    # Bit offset of each char in its count: 5 x (chars since the count started).
-    starts = np.ones(len(chars), bool)
-    starts[1:] = ends[:-1]
-    positions = np.arange(len(chars))
-    shift = 5 * (positions - np.maximum.accumulate(np.where(starts, positions, 0)))
-    if len(chars) and shift.max() >= 55:
-        fail_at_char(shift >= 55, "count too long")
-    token_start = np.flatnonzero(starts)
-    values = (np.add.reduceat((chars & 0x1f).astype(np.int64) << shift, token_start)
-              if len(chars) else np.zeros(0, np.int64))
+    if not len(token_end):
+        fail_string(pixels != 0, "runs do not sum to height x width")
+        return
+    # Counts are contiguous (every string ends on a count's last char). Most take one
+    # char; the few longer ones are summed 5 bits at a time.
+    low = (chars & 0x1f).astype(np.int64)
+    token_start = np.empty_like(token_end)
+    token_start[0] = 0
+    token_start[1:] = token_end[:-1] + 1
+    length = token_end - token_start + 1
+    if length.max() > 11:
+        fail_at_char(np.isin(np.arange(len(chars)), token_end[length > 11]), "count too long")
+    values = low[token_start]
+    multi = np.flatnonzero(length > 1)
+    for k in range(1, int(length.max())):
+        part = multi[length[multi] > k]
+        values[part] += low[token_start[part] + k] << (5 * k)
     negative = (chars[token_end] & 0x10) != 0
-    values -= negative.astype(np.int64) << (shift[token_end] + 5)
+    values[negative] -= np.int64(1) << (5 * length[negative])
     # Run j >= 3 is coded relative to run j - 2: per-string prefix sums along the odd
     # runs (from 1) and the even runs (from 2).
-    tokens = np.bincount(np.searchsorted(char_end, token_end, side="right"),
-                         minlength=len(blobs))
-    first_token = np.cumsum(tokens) - tokens
+    tokens_before = np.searchsorted(token_end, char_end, side="left")
+    tokens = np.diff(tokens_before, prepend=0)
+    first_token = tokens_before - tokens
     index = np.arange(len(values)) - np.repeat(first_token, tokens)
-    odd = (index % 2) == 1
-    even = ((index % 2) == 0) & (index >= 2)
-    runs = values.copy()
-    for chain in (odd, even):
-        summed = np.cumsum(np.where(chain, values, 0))
+    odd = (index & 1).astype(bool)
+    odd_values = np.where(odd, values, 0)
+    even_values = values - odd_values
+    starting = first_token[tokens > 0]
+    even_values[starting] = 0
+    runs = np.empty_like(values)
+    for chain, chain_values in ((odd, odd_values), (~odd, even_values)):
+        summed = np.cumsum(chain_values)
         before = np.where(first_token > 0, summed[np.maximum(first_token - 1, 0)], 0)
-        runs = np.where(chain, summed - np.repeat(before, tokens), runs)
-    if ((runs < 0) | (runs >= 1 << 32)).any():
-        fail_at_char(np.isin(positions, token_end[(runs < 0) | (runs >= 1 << 32)]),
-                     "negative or huge run")
+        np.subtract(summed, np.repeat(before, tokens), out=runs, where=chain)
+    runs[starting] = values[starting]
+    out_of_range = (runs < 0) | (runs >= 1 << 32)
+    if out_of_range.any():
+        string = np.searchsorted(tokens_before, np.flatnonzero(out_of_range)[0], side="right")
+        raise ValueError(f"{describe(int(string))}: malformed RLE (negative or huge run)")
     total = np.zeros(len(blobs), np.int64)
-    total[tokens > 0] = np.add.reduceat(runs, first_token[tokens > 0]) if len(runs) else 0
+    total[tokens > 0] = np.add.reduceat(runs, starting)
     if (total != pixels).any():
         fail_string(total != pixels, "runs do not sum to height x width")
 
@@ -301,7 +320,7 @@ def _load_coco_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
         visible = (_to_rle(ann["visible_mask"], h, w, f"{where} visible_mask")
                    if ann.get("visible_mask") is not None else amodal)
         for r, label in ((amodal, "segmentation"), (visible, "visible_mask")):
-            if isinstance(r["counts"], str):
+            if isinstance(r["counts"], str) and not (label == "visible_mask" and r is amodal):
                 rles.append(r)
                 wheres.append(f"{where} {label}")
         per_image[image_id].append(dict(
@@ -309,7 +328,7 @@ def _load_coco_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
             visible=visible, area=ann.get("area"), crowd=ann.get("iscrowd", 0),
             occlusion=ann.get("occlude_rate"), order=ann.get("order"),
             stuff=ann.get("isStuff", 0)))
-    _check_compressed_rles(rles, wheres)
+    _check_compressed_rles(rles, wheres.__getitem__)
     if "categories" in data:
         categories = sorted({c["id"] for c in data["categories"]})
     else:
@@ -385,7 +404,7 @@ def _load_cocoa_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
         constraints = _parse_constraints(ann.get("depth_constraint", ""), orders,
                                          f"{name}: image {image_id}")
         images.append(_build_image(image_id, (h, w), regions, constraints, name))
-    _check_compressed_rles(rles, wheres)
+    _check_compressed_rles(rles, wheres.__getitem__)
     return images, [1]
 
 
@@ -394,39 +413,46 @@ def _load_results(results: list, images: list[_ImageGT], name: str) -> list[_Ima
     if not isinstance(results, list):
         raise ValueError(f"{name}: results must be a JSON list of detections")
     index = {img.image_id: k for k, img in enumerate(images)}
+    sizes = {img.image_id: [img.height, img.width] for img in images}
     per_image: list[list[int]] = [[] for _ in images]
     uses_bbox = bool(results) and isinstance(results[0], dict) and bool(results[0].get("bbox"))
     has_visible = all(isinstance(r, dict) and r.get("visible_mask") is not None
                       for r in results)
-    rles, wheres, converted = [], [], []
+    labels = ("segmentation", "visible_mask") if has_visible else ("segmentation",)
+
+    def where(k: int) -> str:
+        r = results[k]
+        return f"{name}: result #{k} (image_id {r.get('image_id')})"
+
+    rles, owners, converted = [], [], []
     for k, r in enumerate(results):
         if not isinstance(r, dict):
             raise ValueError(f"{name}: result #{k} is not a JSON object")
-        where = f"{name}: result #{k} (image_id {r.get('image_id')})"
-        if r.get("image_id") not in index:
-            raise ValueError(f"{where}: image_id not in the GT file")
+        image_id = r.get("image_id")
+        if image_id not in index:
+            raise ValueError(f"{where(k)}: image_id not in the GT file")
         score = r.get("score")
         if (not isinstance(score, (int, float)) or isinstance(score, bool)
                 or not math.isfinite(score) or score < 0):
-            raise ValueError(f"{where}: score {score!r} must be a finite number >= 0")
-        if "segmentation" not in r:
-            raise ValueError(f"{where}: no 'segmentation'")
-        img = images[index[r["image_id"]]]
-        r = dict(r)
-        r["segmentation"] = _to_rle(r["segmentation"], img.height, img.width,
-                                    f"{where} segmentation")
-        if has_visible:
-            r["visible_mask"] = _to_rle(r["visible_mask"], img.height, img.width,
-                                        f"{where} visible_mask")
+            raise ValueError(f"{where(k)}: score {score!r} must be a finite number >= 0")
         if uses_bbox and (not isinstance(r.get("bbox"), (list, tuple)) or len(r["bbox"]) != 4):
-            raise ValueError(f"{where}: 'bbox' must be [x, y, w, h] (the first result has one)")
-        converted.append(r)
-        per_image[index[img.image_id]].append(k)
-        for label in ("segmentation", "visible_mask") if has_visible else ("segmentation",):
-            if isinstance(r[label]["counts"], (str, bytes)):
-                rles.append(r[label])
-                wheres.append(f"{where} {label}")
-    _check_compressed_rles(rles, wheres)
+            raise ValueError(f"{where(k)}: 'bbox' must be [x, y, w, h] (the first result has one)")
+        entry = dict(r)
+        for label in labels:
+            segm = r.get(label)
+            # Fast path: compressed RLE of the right size (checked in bulk below).
+            if not (isinstance(segm, dict) and isinstance(segm.get("counts"), str)
+                    and segm.get("size") == sizes[image_id]):
+                if segm is None:
+                    raise ValueError(f"{where(k)}: no '{label}'")
+                h, w = sizes[image_id]
+                segm = entry[label] = _to_rle(segm, h, w, f"{where(k)} {label}")
+            if isinstance(segm["counts"], (str, bytes)):
+                rles.append(segm)
+                owners.append((k, label))
+        converted.append(entry)
+        per_image[index[image_id]].append(k)
+    _check_compressed_rles(rles, lambda i: f"{where(owners[i][0])} {owners[i][1]}")
     out = []
     for members in per_image:
         rs = [converted[k] for k in members]
@@ -479,7 +505,8 @@ class _Group:
 
 
 def _greedy_match(ious: np.ndarray, crowd: np.ndarray, gt_ignore: np.ndarray,
-                  det_outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  det_outside: np.ndarray, num_dets: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching for many groups, settings and IoU thresholds at once.
 
     A detection (in score order) takes, among the GT it overlaps by at least the
@@ -491,6 +518,7 @@ def _greedy_match(ious: np.ndarray, crowd: np.ndarray, gt_ignore: np.ndarray,
       crowd: bool [N, G] crowd GT (can absorb several detections).
       gt_ignore: bool [N, S, G] GT ignored in each setting.
       det_outside: bool [N, S, D] detection area outside the setting's area range.
+      num_dets: int [N] real detections per group (the rest is padding).
 
     Returns:
       matched: int64 [N, S, T, D], the GT position each detection matches, or -1.
@@ -513,19 +541,25 @@ def _greedy_match(ious: np.ndarray, crowd: np.ndarray, gt_ignore: np.ndarray,
     scale = np.where(gt_ignore, 0.25, 1.0)[:, :, None, :]
     free = np.ones((n, s, t, g_max), bool)
     matched = np.full((n, s, t, d_max), -1, np.int64)
-    ignored = np.zeros((n, s, t, d_max), bool)
+    ignored = np.broadcast_to(det_outside[:, :, None, :], (n, s, t, d_max)).copy()
     positions = np.arange(g_max)
+    # Groups sorted by detection count, most first: step d only touches those with > d.
+    order = np.argsort(-num_dets, kind="stable")
+    ious, reusable, gt_ignore, scale = ious[order], reusable[order], gt_ignore[order], scale[order]
+    active = (num_dets[:, None] > np.arange(d_max)).sum(axis=0)
     for d in range(d_max):
-        iou = ious[:, None, None, d, :]
-        key = np.where((iou >= thresholds) & (free | reusable), iou * scale, -1.0)
+        a = int(active[d])
+        iou = ious[:a, None, None, d, :]
+        key = np.where((iou >= thresholds) & (free[:a] | reusable[:a]), iou * scale[:a], -1.0)
         pick = np.argmax(key, axis=-1)
         found = np.take_along_axis(key, pick[..., None], -1)[..., 0] >= 0
         pick = np.where(found, pick, -1)
-        free &= positions != pick[..., None]
-        matched[..., d] = np.where(found, g_max - 1 - pick, -1)
-        ignored[..., d] = np.where(
-            found, np.take_along_axis(gt_ignore, np.maximum(pick, 0), axis=-1),
-            det_outside[:, :, None, d])
+        free[:a] &= positions != pick[..., None]
+        rows = order[:a]
+        matched[rows, :, :, d] = np.where(found, g_max - 1 - pick, -1)
+        ignored[rows, :, :, d] = np.where(
+            found, np.take_along_axis(gt_ignore[:a], np.maximum(pick, 0), axis=-1),
+            ignored[rows, :, :, d])
     return matched, ignored
 
 
@@ -562,7 +596,8 @@ def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
             gt_ignore[i, :, :gg] = g.gt_ignore
             det_outside[i, :, :d] = g.det_outside
         # Padding never matches: its IoU 0 is below every threshold.
-        matched, ignored = _greedy_match(ious, crowd, gt_ignore, det_outside)
+        matched, ignored = _greedy_match(ious, crowd, gt_ignore, det_outside,
+                                         np.array([g.ious.shape[0] for g in chunk]))
         for i, g in enumerate(chunk):
             d = g.ious.shape[0]
             g.matched = matched[i, :, :, :d]
@@ -658,38 +693,45 @@ def _evaluate_variant(images: list[_ImageGT], dets: list[_ImageDets], categories
     occ_hi = np.array([s.occlusion[1] for s in settings])[:, None]
     wants_stuff = np.array([s.stuff == "stuff" for s in settings])[:, None]
     filtered = np.array([s.stuff != "both" for s in settings])[:, None]
-    class_agnostic = fmt == "cocoa"
+    # Ignore flags for every GT and detection at once, then split per image.
+    modal = variant == "modal"
+    gt_area = np.concatenate([img.visible_area if modal else img.area for img in images])
+    occ = np.concatenate([img.occlusion for img in images])
+    stuff = np.concatenate([img.stuff for img in images])
+    crowd = np.concatenate([img.crowd for img in images])
+    gt_split = np.cumsum([len(img.ann_ids) for img in images])[:-1]
+    gt_ignore_all = np.split(
+        crowd[None, :] | (gt_area < area_lo) | (gt_area > area_hi) | (occ < occ_lo)
+        | (occ > occ_hi) | (filtered & (stuff[None, :] != wants_stuff)), gt_split, axis=1)
+    det_area = np.concatenate([d.visible_area if modal else d.area for d in dets])
+    det_split = np.cumsum([len(d.scores) for d in dets])[:-1]
+    det_outside_all = np.split((det_area < area_lo) | (det_area > area_hi), det_split, axis=1)
+    category_index = {c: k for k, c in enumerate(categories)}
     groups = []
-    for k, category in enumerate(categories):
-        for i, (img, det) in enumerate(zip(images, dets)):
-            if class_agnostic:
-                gt_index = np.arange(len(img.ann_ids))
-                det_index = np.arange(len(det.scores))
-            else:
-                gt_index = np.flatnonzero(img.categories == category)
-                det_index = np.flatnonzero(det.categories == category)
+    for i, (img, det) in enumerate(zip(images, dets)):
+        gt_masks = img.visible if modal else img.amodal
+        det_masks = det.visible if modal else det.amodal
+        if fmt == "cocoa":  # class-agnostic
+            members = [(0, np.arange(len(img.ann_ids)), np.arange(len(det.scores)))]
+        else:
+            present = sorted(set(img.categories.tolist()) | set(det.categories.tolist()))
+            members = [(category_index[c], np.flatnonzero(img.categories == c),
+                        np.flatnonzero(det.categories == c))
+                       for c in present if c in category_index]
+        for k, gt_index, det_index in members:
             if not len(gt_index) and not len(det_index):
                 continue
             det_index = det_index[np.argsort(-det.scores[det_index], kind="mergesort")]
             det_index = det_index[:MAX_DETS[-1]]
-            gt_masks = img.amodal if variant == "amodal" else img.visible
-            det_masks = det.amodal if variant == "amodal" else det.visible
             if len(gt_index) and len(det_index):
                 ious = np.asarray(mask_utils.iou(
                     [det_masks[j] for j in det_index], [gt_masks[j] for j in gt_index],
-                    [int(c) for c in img.crowd[gt_index]]), np.float64)
+                    img.crowd[gt_index].astype(np.uint8).tolist()), np.float64)
             else:
                 ious = np.zeros((len(det_index), len(gt_index)))
-            gt_area = (img.area if variant == "amodal" else img.visible_area)[gt_index]
-            occ = img.occlusion[gt_index]
-            stuff = img.stuff[gt_index]
-            gt_ignore = (img.crowd[gt_index][None, :]
-                         | (gt_area < area_lo) | (gt_area > area_hi)
-                         | (occ < occ_lo) | (occ > occ_hi)
-                         | (filtered & (stuff[None, :] != wants_stuff)))
-            det_area = (det.area if variant == "amodal" else det.visible_area)[det_index]
-            det_outside = (det_area < area_lo) | (det_area > area_hi)
-            groups.append(_Group(k, i, gt_index, det_index, ious, gt_ignore, det_outside))
+            groups.append(_Group(k, i, gt_index, det_index, ious,
+                                 gt_ignore_all[i][:, gt_index],
+                                 det_outside_all[i][:, det_index]))
     _match_groups(groups, images)
     precision, recall = _accumulate(groups, dets, len(categories), len(settings))
     return _VariantResult(precision, recall, groups, settings)
@@ -811,8 +853,10 @@ def _order_metrics(pairs, images, dets) -> dict[str, float]:
         n = len(img.ann_ids)
         if n < 2:
             continue
-        gt_overlap = _overlaps(img.amodal)
         usable = ~img.crowd & ~np.isnan(img.order)
+        if not usable.any() and (img.constraints is None or not len(img.constraints)):
+            continue
+        gt_overlap = _overlaps(img.amodal)
         ordered = (gt_overlap & usable[:, None] & usable[None, :]
                    & (img.order[:, None] != img.order[None, :]))
         gt_pairs += int(np.triu(ordered, 1).sum())

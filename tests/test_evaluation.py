@@ -367,14 +367,14 @@ def test_rle_validation_matches_reference_parser(seed, cut, char):
     h, w = (int(v) for v in rng.integers(1, 40, 2))
     mask = rng.random((h, w)) < rng.random()
     good = rle(mask)
-    evaluation._check_compressed_rles([good], ["good"])
+    evaluation._check_compressed_rles([good], ["good"].__getitem__)
     counts = good["counts"]
     k = cut % (len(counts) + 1)
     for bad_counts in (counts[:k] + chr(char) + counts[k + 1:], counts[:k], counts + chr(char)):
         bad = dict(good, counts=bad_counts)
         expected = _reference_rle_ok(bad_counts, h * w)
         try:
-            evaluation._check_compressed_rles([good, bad], ["good", "bad"])
+            evaluation._check_compressed_rles([good, bad], ["good", "bad"].__getitem__)
             ok = True
         except ValueError as e:
             assert "bad" in str(e)
