@@ -49,6 +49,7 @@ __all__ = [
     "picture_size",
     "depth_order_matrix",
     "draw_picture",
+    "layer_maps",
     "image_ids_from_annotations",
     "write_json_atomic",
     "write_png_atomic",
@@ -634,6 +635,71 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
     picture[:, drawn_w:] = _render_graph(depth_order_matrix(instances), total_h,
                                          total_w - drawn_w, caption)
     return picture
+
+
+# ------------------------------------------------------------------------ layer maps
+
+
+def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
+               orig_size: tuple[int, int], instances: Sequence[dict[str, Any]],
+               model_config) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each detection's K layer maps and its sem-dist map at the image's resolution.
+
+    Head 'layers': the layer maps are the pasted per-layer probabilities sigmoid(logit_c)
+    and the sem-dist map is ``sln_jax.semdist.encode`` of the decoded layers. Head 'semdist':
+    the sem-dist map is the pasted regression and the layer maps are the decoded layers
+    (1 on layer c, 0 elsewhere).
+
+    Args:
+      outputs: the model's outputs of one image (no batch axis; ``Predictor.raw_outputs``).
+      content_size: (h, w) of the image's content in its canvas.
+      orig_size: (H, W) of the image.
+      instances: ``to_instances`` of these outputs (one per valid detection, in order).
+      model_config: ``config.model`` (``head``, ``num_layers``).
+
+    Returns:
+      Per instance: (layer maps float32 [K, H, W] in [0, 1], sem-dist float32 [H, W] in
+      [0, K + 1)).
+    """
+    from sln_jax import layering, semdist
+
+    k = int(model_config.num_layers)
+    height, width = int(orig_size[0]), int(orig_size[1])
+    detections = np.flatnonzero(np.asarray(outputs["valid"], bool))
+    if len(detections) != len(instances):
+        raise ValueError(f"{len(instances)} instances for {len(detections)} valid detections")
+    factor = np.array([height / content_size[0], width / content_size[1]] * 2, np.float64)
+    boxes = np.clip(np.asarray(outputs["boxes"], np.float64)[detections] * factor, 0,
+                    [height, width, height, width])
+    maps = []
+    for index, (detection, instance) in enumerate(zip(detections, instances)):
+        if model_config.head == "layers":
+            probs = 1.0 / (1.0 + np.exp(-np.asarray(outputs["layer_logits"][detection],
+                                                    np.float64)))
+            layer_probs = layering.paste(probs[None], boxes[index][None], (height, width))[0]
+            layer_probs = np.moveaxis(layer_probs, -1, 0)
+            sem = semdist.encode(instance["layers"][None], k)[0]
+        else:
+            sem = layering.paste(np.asarray(outputs["semdist"][detection])[None],
+                                 boxes[index][None], (height, width))[0]
+            layer_probs = (instance["layers"][None] == np.arange(k)[:, None, None])
+        maps.append((np.asarray(layer_probs, np.float32), np.asarray(sem, np.float32)))
+    return maps
+
+
+def _write_layer_maps(directory: Path, outputs: dict[str, np.ndarray],
+                      content_size: tuple[int, int], orig_size: tuple[int, int],
+                      instances: Sequence[dict[str, Any]], model_config) -> None:
+    """PNGs of ``layer_maps``: ``det<i>_layer<c>.png`` (uint8 = round(255 p)) and
+    ``det<i>_semdist.png`` (uint8 = round(255 M / (K + 1)), the records' encoding)."""
+    k = int(model_config.num_layers)
+    for index, (layer_probs, sem) in enumerate(
+            layer_maps(outputs, content_size, orig_size, instances, model_config)):
+        for channel in range(k):
+            write_png_atomic(directory / f"det{index}_layer{channel}.png",
+                             np.round(255 * np.clip(layer_probs[channel], 0, 1)).astype(np.uint8))
+        write_png_atomic(directory / f"det{index}_semdist.png",
+                         np.round(255 * np.clip(sem / (k + 1), 0, 1)).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- CLI

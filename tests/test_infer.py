@@ -214,3 +214,191 @@ def test_image_ids_from_annotations(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="bad.json"):
         infer.image_ids_from_annotations(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------- end to end (trained)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(ROOT, "configs", "tiny_test.py")
+CANVASES = (64, 128)
+
+
+def _tiny_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny_test_config", TINY_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config, workdir, data root): the tiny config trained 2 steps on 64-px synthetic scenes."""
+    from data_prep import convert, synthetic
+    from sln_jax import train
+
+    root = tmp_path_factory.mktemp("infer_e2e")
+    scene = synthetic.SceneConfig(image_size=64)
+    metadata = None
+    for split, count in (("train", 4), ("val", 3)):
+        synthetic.write_split(str(root), split, count, 0, scene, progress=False)
+        metadata = convert.convert(
+            "synthetic", str(root / "annotations" / f"{split}.json"),
+            str(root / "images" / split), str(root / "records"), split=split,
+            num_layers=3, mask_target_size=14, progress=False)
+    config = _tiny_config()
+    config.data.dir = str(root / "records")
+    config.data.num_classes = config.model.num_classes = int(metadata["num_classes"])
+    config.train.num_steps = 2
+    train.train(config, str(root / "workdir"), evaluate_every=False)
+    return config, root / "workdir", root
+
+
+@pytest.fixture(scope="module")
+def predictor(trained):
+    config, workdir, _ = trained
+    return infer.Predictor(config, workdir, canvas_sizes=CANVASES, score_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def mixed_images(tmp_path_factory):
+    """A directory of images of several modes and sizes, one unreadable file and a non-image."""
+    directory = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (50, 80), dtype=np.uint8), mode="L").save(
+        directory / "a_gray.png")
+    rgba = rng.integers(0, 256, (100, 90, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(directory / "b_rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16)).save(
+        directory / "c_16bit.png")
+    Image.fromarray(_random_rgb(300, 200, seed=4)).save(directory / "d_large.jpg")
+    (directory / "e_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    (directory / "notes.txt").write_text("not an image")
+    return directory
+
+
+@pytest.mark.slow
+def test_results_evaluate_against_the_annotations(trained, predictor, tmp_path):
+    from pycocotools.coco import COCO
+
+    from sln_jax import evaluation
+    config, workdir, root = trained
+    gt_path = root / "annotations" / "val.json"
+    summary = infer.run(config, workdir, str(root / "images" / "val"), tmp_path,
+                        annotations=str(gt_path), layers=True, predictor=predictor,
+                        progress=False)
+    gt = json.loads(gt_path.read_text())
+    gt_ids = {image["id"]: image for image in gt["images"]}
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert summary["num_images"] == 3 and summary["num_unreadable"] == 0
+    assert summary["num_detections"] == len(results) > 0
+    for entry in results:
+        assert entry["image_id"] in gt_ids
+        image = gt_ids[entry["image_id"]]
+        assert set(entry) >= {"image_id", "category_id", "score", "bbox", "segmentation",
+                              "visible_mask", "occlude_rate", "depth_order"}
+        assert entry["segmentation"]["size"] == [image["height"], image["width"]]
+        assert 0.0 <= entry["occlude_rate"] <= 1.0
+    coco = COCO(str(gt_path))
+    detections = coco.loadRes(str(tmp_path / "results.json"))
+    assert len(detections.getAnnIds()) == len(results)
+    metrics = evaluation.evaluate(str(gt_path), str(tmp_path / "results.json"))
+    assert -1.0 <= metrics["amodal/AP"] <= 1.0 and "modal/AP" in metrics
+
+    images = json.loads((tmp_path / "images.json").read_text())
+    by_name = {os.path.basename(r["file_name"]): r["id"] for r in images["images"]}
+    assert by_name == {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
+    # Pictures and layer maps have the sizes they promise.
+    per_image = {}
+    for entry in results:
+        per_image[entry["image_id"]] = per_image.get(entry["image_id"], 0) + 1
+    k = config.model.num_layers
+    for record in images["images"]:
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        count = per_image.get(record["id"], 0)
+        picture = np.asarray(Image.open(tmp_path / "pictures" / f"{stem}.png"))
+        assert picture.shape == infer.picture_size(record["height"], record["width"],
+                                                   count)[:2] + (3,)
+        layer_files = sorted(os.listdir(tmp_path / "layers" / stem))
+        assert len(layer_files) == count * (k + 1)
+        for name in layer_files:
+            pixels = np.asarray(Image.open(tmp_path / "layers" / stem / name))
+            assert pixels.shape == (record["height"], record["width"])
+
+
+@pytest.mark.slow
+def test_any_mode_and_size_unreadable_counted_compiles_once_per_canvas(
+        trained, predictor, mixed_images, tmp_path):
+    config, workdir, _ = trained
+    summary = infer.run(config, workdir, str(mixed_images), tmp_path, predictor=predictor,
+                        progress=False)
+    assert summary["num_unreadable"] == 1
+    assert summary["unreadable"][0]["file"].endswith("e_broken.png")
+    images = json.loads((tmp_path / "images.json").read_text())
+    assert [(r["id"], r["file_name"], r["height"], r["width"]) for r in images["images"]] == [
+        (1, "a_gray.png", 50, 80), (2, "b_rgba.png", 100, 90), (3, "c_16bit.png", 40, 40),
+        (4, "d_large.jpg", 300, 200)]
+    assert images["unreadable"][0]["file"].endswith("e_broken.png")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
+    for record in images["images"]:
+        count = sum(r["image_id"] == record["id"] for r in results)
+        stem = os.path.splitext(record["file_name"])[0]
+        picture = Image.open(tmp_path / "pictures" / f"{stem}.png")
+        assert picture.size[::-1] == infer.picture_size(record["height"], record["width"],
+                                                        count)[:2]
+    # 64-px canvases for the small images, 128 for the RGBA and the shrunk large one; more
+    # images of new sizes compile nothing new.
+    predictor.predict_batch([_random_rgb(h, w, seed=h) for h, w in
+                             ((7, 300), (64, 64), (65, 10), (128, 127), (999, 5))])
+    assert sorted(set(predictor.compiled_shapes)) == [(1, 64, 64, 3), (1, 128, 128, 3)]
+    assert len(predictor.compiled_shapes) == len(CANVASES)
+
+
+@pytest.mark.slow
+def test_predict_returns_instances_in_image_pixels(predictor):
+    image = _random_rgb(37, 90, seed=11)
+    instances = predictor.predict(image)
+    assert instances == [] or instances[0]["amodal"].shape == (37, 90)
+    for instance in instances:
+        assert instance["visible"].shape == (37, 90)
+        assert not (instance["visible"] & ~instance["amodal"]).any()
+        x, y, w, h = instance["box"]
+        assert -1e-3 <= x and x + w <= 90 + 1e-3 and -1e-3 <= y and y + h <= 37 + 1e-3
+    # Same image, same detections; batching does not change them.
+    again = predictor.predict_batch([image, _random_rgb(20, 20)])[0]
+    assert [d["score"] for d in again] == pytest.approx([d["score"] for d in instances])
+    with pytest.raises(ValueError, match="image 0"):
+        predictor.predict(image[:, :, 0])
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused(trained):
+    config, workdir, _ = trained
+    other = config.copy_and_resolve_references()
+    other.model.num_layers = 5
+    with pytest.raises(ValueError, match="num_layers"):
+        infer.Predictor(other, workdir)
+
+
+@pytest.mark.slow
+def test_cli_writes_results_pictures_and_layers(trained, tmp_path):
+    import subprocess
+    import sys
+    config, workdir, root = trained
+    command = [
+        sys.executable, "-m", "sln_jax.infer", f"--config={TINY_CONFIG}",
+        f"--config.data.dir={config.data.dir}",
+        f"--config.data.num_classes={config.data.num_classes}",
+        f"--config.model.num_classes={config.model.num_classes}",
+        f"--checkpoint={workdir}", f"--images={root / 'images' / 'val' / '*.png'}",
+        f"--output={tmp_path}", "--layers", "--score_threshold=0",
+        f"--annotations={root / 'annotations' / 'val.json'}",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 images" in done.stdout and "0 unreadable" in done.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) > 0
+    assert len(os.listdir(tmp_path / "pictures")) == 3
+    assert os.path.isdir(tmp_path / "layers")
