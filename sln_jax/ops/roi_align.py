@@ -19,6 +19,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 __all__ = ["roi_align", "multilevel_roi_align", "fpn_levels"]
 
@@ -75,14 +76,27 @@ def _roi_align_flat(table: jax.Array, boxes: jax.Array, heights: jax.Array, widt
                              output_size, sampling_ratio)
     cols, wx = _axis_samples(scaled[:, 1], scaled[:, 3] - scaled[:, 1], widths,
                              output_size, sampling_ratio)
-    # [N, S, 2, S, 2] flat index and weight of every corner of every (y, x) sample.
+    # Flat index and weight of every corner of every sample, grouped per output bin:
+    # [N, out, out, K] with K = 4 * sampling_ratio^2 terms whose weighted sum is the bin.
     flat = (offsets[:, None, None, None, None] + rows[:, :, :, None, None]
             * widths[:, None, None, None, None] + cols[:, None, None, :, :])
-    weight = wy[:, :, :, None, None] * wx[:, None, None, :, :]
-    values = jnp.take(table, flat, axis=0, mode="clip").astype(jnp.float32)
-    samples = jnp.sum(values * weight[..., None], axis=(2, 4))  # [N, S, S, C]
-    pooled = samples.reshape(n, output_size, sampling_ratio, output_size, sampling_ratio, -1)
-    return jnp.mean(pooled, axis=(2, 4)).astype(table.dtype)
+    weight = wy[:, :, :, None, None] * wx[:, None, None, :, :] / (sampling_ratio ** 2)
+    terms = 4 * sampling_ratio ** 2
+
+    def per_bin(x):
+        x = x.reshape(n, output_size, 2 * sampling_ratio, output_size, 2 * sampling_ratio)
+        return x.transpose(0, 1, 3, 2, 4).reshape(n, output_size, output_size, terms)
+
+    flat, weight = per_bin(flat), per_bin(weight)
+
+    # Accumulating one term at a time keeps the live gather at [N, out, out, C]; gathering all
+    # terms at once materialises a K times larger array and is ~10x slower on CPU.
+    def add_term(k, acc):
+        values = jnp.take(table, flat[..., k], axis=0, mode="clip").astype(jnp.float32)
+        return acc + weight[..., k, None] * values
+
+    init = jnp.zeros((n, output_size, output_size, table.shape[-1]), jnp.float32)
+    return lax.fori_loop(0, terms, add_term, init).astype(table.dtype)
 
 
 def _check_sampling(output_size: int, sampling_ratio: int) -> None:
