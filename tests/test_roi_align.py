@@ -60,14 +60,21 @@ def _random_boxes(rng, n, size, margin=0.3):
     return boxes.astype(np.float32)
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 9), w=st.integers(1, 9),
-       out=st.integers(1, 4), ratio=st.integers(1, 3), stride=st.sampled_from([1, 2, 4]))
-def test_roi_align_matches_reference(seed, h, w, out, ratio, stride):
+_roi_align_jit = jax.jit(roi_align, static_argnums=(2, 3, 4))
+
+
+# (H, W, output_size, sampling_ratio, stride): 1-cell maps, non-square maps, odd ratios.
+SHAPES = [(1, 1, 2, 2, 1), (5, 9, 3, 1, 2), (8, 6, 4, 3, 4), (7, 7, 2, 2, 1)]
+
+
+@pytest.mark.parametrize("h,w,out,ratio,stride", SHAPES)
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_roi_align_matches_reference(h, w, out, ratio, stride, seed):
     rng = np.random.default_rng(seed)
     fmap = rng.normal(size=(h, w, 3)).astype(np.float32)
     boxes = _random_boxes(rng, 5, max(h, w) * stride)
-    got = roi_align(jnp.asarray(fmap), jnp.asarray(boxes), out, 1.0 / stride, ratio)
+    got = _roi_align_jit(jnp.asarray(fmap), jnp.asarray(boxes), out, 1.0 / stride, ratio)
     want = roi_align_reference(fmap, boxes, out, 1.0 / stride, ratio)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
 
@@ -118,6 +125,9 @@ def test_fpn_levels_follow_the_fpn_rule():
     np.testing.assert_array_equal(want, [2, 2, 3, 3, 4, 4, 5, 5])
 
 
+_multilevel_jit = jax.jit(lambda feats, boxes: multilevel_roi_align(feats, boxes, 3, 2))
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_multilevel_equals_per_level_reference(seed):
@@ -128,8 +138,7 @@ def test_multilevel_equals_per_level_reference(seed):
     boxes = _random_boxes(rng, 12, size, margin=0.1)
     # Force a spread of sizes so every level is used.
     boxes[:4, 2:] = boxes[:4, :2] + np.array([[10.0], [60.0], [150.0], [300.0]], np.float32)
-    got = np.asarray(multilevel_roi_align([jnp.asarray(f) for f in feats], jnp.asarray(boxes),
-                                          3, 2))
+    got = np.asarray(_multilevel_jit([jnp.asarray(f) for f in feats], jnp.asarray(boxes)))
     levels = np.asarray(fpn_levels(jnp.asarray(boxes)))
     for i, level in enumerate(levels):
         want = roi_align_reference(feats[level - 2], boxes[i:i + 1], 3, 1.0 / 2 ** level, 2)
