@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import copy
 import io
+import math
 import os
 import sys
 import time
@@ -89,21 +90,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each evaluator; the fastest is reported")
     args = parser.parse_args()
     t = time.perf_counter()
     gt, results = make_dataset(args.images, args.seed)
     print(f"dataset: {args.images} images, {len(gt['annotations'])} GT, {len(results)} "
           f"detections, {SIZE}x{SIZE} (built in {time.perf_counter() - t:.1f} s)")
 
-    # Both wall and CPU time: on a shared machine the CPU time is the steadier figure.
-    gt_ref, results_ref = copy.deepcopy(gt), copy.deepcopy(results)
-    wall, cpu = time.perf_counter(), time.process_time()
-    reference = run_pycocotools(gt_ref, results_ref)
-    wall_ref, cpu_ref = time.perf_counter() - wall, time.process_time() - cpu
+    # Both wall and CPU time, best of --repeat runs: on a shared machine the CPU time
+    # is the steadier figure.
+    def timed(fn):
+        best_wall = best_cpu = math.inf
+        for _ in range(args.repeat):
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            best_wall = min(best_wall, time.perf_counter() - wall)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+        return out, best_wall, best_cpu
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    metrics = evaluation.evaluate(gt, results, iou_types=("amodal",))
-    wall_ours, cpu_ours = time.perf_counter() - wall, time.process_time() - cpu
+    # pycocotools edits its inputs: give each run fresh copies, made outside the timing.
+    copies = iter([(copy.deepcopy(gt), copy.deepcopy(results)) for _ in range(args.repeat)])
+    reference, wall_ref, cpu_ref = timed(lambda: run_pycocotools(*next(copies)))
+    metrics, wall_ours, cpu_ours = timed(
+        lambda: evaluation.evaluate(gt, results, iou_types=("amodal",)))
     ours = np.array([metrics[f"amodal/{name}"] for name, *_ in evaluation._COCO_STATS])
 
     print(f"pycocotools COCOeval (segm, load + evaluate + accumulate): "

@@ -228,22 +228,21 @@ def _check_compressed_rles(rles: Sequence[dict], describe: Callable[[int], str])
         values[part] += low[token_start[part] + k] << (5 * k)
     negative = (chars[token_end] & 0x10) != 0
     values[negative] -= np.int64(1) << (5 * length[negative])
-    # Run j >= 3 is coded relative to run j - 2: per-string prefix sums along the odd
-    # runs (from 1) and the even runs (from 2).
+    # Run j >= 3 is coded relative to run j - 2, so runs are prefix sums with stride 2:
+    # within a string starting at token f, run j = G[f + j] - G[f - 1] (j odd) or
+    # - G[f] (j even >= 2), where G is the stride-2 cumulative sum of all values.
     tokens_before = np.searchsorted(token_end, char_end, side="left")
     tokens = np.diff(tokens_before, prepend=0)
     first_token = tokens_before - tokens
-    index = np.arange(len(values)) - np.repeat(first_token, tokens)
-    odd = (index & 1).astype(bool)
-    odd_values = np.where(odd, values, 0)
-    even_values = values - odd_values
+    summed = np.empty_like(values)
+    summed[0::2] = np.cumsum(values[0::2])
+    summed[1::2] = np.cumsum(values[1::2])
+    base_odd = np.where(first_token > 0, summed[np.maximum(first_token - 1, 0)], 0)
+    base_even = summed[np.minimum(first_token, len(values) - 1)]
+    odd = (np.arange(len(values)) & 1).astype(bool) ^ np.repeat((first_token & 1).astype(bool),
+                                                                tokens)
+    runs = summed - np.where(odd, np.repeat(base_odd, tokens), np.repeat(base_even, tokens))
     starting = first_token[tokens > 0]
-    even_values[starting] = 0
-    runs = np.empty_like(values)
-    for chain, chain_values in ((odd, odd_values), (~odd, even_values)):
-        summed = np.cumsum(chain_values)
-        before = np.where(first_token > 0, summed[np.maximum(first_token - 1, 0)], 0)
-        np.subtract(summed, np.repeat(before, tokens), out=runs, where=chain)
     runs[starting] = values[starting]
     out_of_range = (runs < 0) | (runs >= 1 << 32)
     if out_of_range.any():
