@@ -1,0 +1,193 @@
+"""Loss terms against straightforward NumPy references; padding never contributes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from model_test_config import loss_config
+from sln_jax import losses
+
+B, A, N, NP, R, K, C, G = 2, 30, 8, 4, 6, 3, 4, 8
+
+
+def _outputs(seed: int = 0, head: str = "layers") -> dict:
+    rng = np.random.default_rng(seed)
+    out = {
+        "rpn_logits": rng.normal(0, 2, (B, A)),
+        "rpn_deltas": rng.normal(0, 1, (B, A, 4)),
+        "rpn_labels": rng.integers(-1, 2, (B, A)),
+        "rpn_box_targets": rng.normal(0, 1, (B, A, 4)),
+        "box_logits": rng.normal(0, 2, (B, N, C + 1)),
+        "box_deltas": rng.normal(0, 1, (B, N, 4)),
+        "roi_classes": rng.integers(0, C + 1, (B, N)),
+        "roi_box_targets": rng.normal(0, 1, (B, N, 4)),
+        "roi_valid": rng.random((B, N)) < 0.8,
+        "mask_valid": np.array([[True, True, False, True], [True, False, False, False]]),
+        "global_logits": rng.normal(0, 2, (B, G, G, K)),
+        "global_targets": rng.integers(0, K, (B, G, G)),
+        "global_valid": rng.random((B, G, G)) < 0.7,
+    }
+    out["roi_is_positive"] = (out["roi_classes"] > 0) & out["roi_valid"]
+    if head == "layers":
+        out["layer_logits"] = rng.normal(0, 3, (B, NP, R, R, K))
+        out["layer_targets"] = rng.integers(-1, K, (B, NP, R, R))
+    else:
+        out["semdist"] = rng.normal(2, 1.5, (B, NP, R, R))
+        out["semdist_targets"] = rng.uniform(0, K + 1, (B, NP, R, R))
+    return {k: jnp.asarray(v.astype(np.float32) if v.dtype == np.float64 else v)
+            for k, v in out.items()}
+
+
+def _np(x):
+    return np.asarray(x, np.float64)
+
+
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _smooth_l1(x, beta):
+    return np.where(np.abs(x) < beta, 0.5 * x ** 2 / beta, np.abs(x) - 0.5 * beta)
+
+
+def _reference(out: dict) -> dict:
+    """Per-term loss with explicit loops over every counted element."""
+    o = {k: np.asarray(v) for k, v in out.items()}
+    terms = {}
+    ce, reg, n_s, n_p = 0.0, 0.0, 0, 0
+    for b in range(B):
+        for a in range(A):
+            label, z = o["rpn_labels"][b, a], float(o["rpn_logits"][b, a])
+            if label < 0:
+                continue
+            n_s += 1
+            ce -= _log_sigmoid(z) if label == 1 else _log_sigmoid(-z)
+            if label == 1:
+                n_p += 1
+                reg += _smooth_l1(_np(o["rpn_deltas"][b, a]) - o["rpn_box_targets"][b, a],
+                                  1 / 9).sum()
+    terms["rpn_cls"], terms["rpn_box"] = ce / n_s, reg / max(n_p, 1)
+    ce, reg, n_s, n_p = 0.0, 0.0, 0, 0
+    for b in range(B):
+        for r in range(N):
+            if not o["roi_valid"][b, r]:
+                continue
+            n_s += 1
+            z = _np(o["box_logits"][b, r])
+            ce -= z[o["roi_classes"][b, r]] - np.log(np.exp(z).sum())
+            if o["roi_is_positive"][b, r]:
+                n_p += 1
+                reg += _smooth_l1(_np(o["box_deltas"][b, r]) - o["roi_box_targets"][b, r],
+                                  1.0).sum()
+    terms["box_cls"], terms["box_reg"] = ce / n_s, reg / max(n_p, 1)
+    rois = [(b, r) for b in range(B) for r in range(NP) if o["mask_valid"][b, r]]
+    if "layer_logits" in o:
+        bce, amodal = [], []
+        for b, r in rois:
+            z = _np(o["layer_logits"][b, r])
+            t = o["layer_targets"][b, r]
+            one_hot = (t[..., None] == np.arange(K)).astype(np.float64)
+            bce.append(-(one_hot * _log_sigmoid(z) + (1 - one_hot) * _log_sigmoid(-z))
+                       .mean(axis=-1))
+            p_amodal = 1 - np.prod(1 - 1 / (1 + np.exp(-z)), axis=-1)
+            amodal.append(-np.where(t >= 0, np.log(p_amodal), np.log(1 - p_amodal)))
+        terms["layers"] = np.mean(bce)
+        terms["amodal"] = np.mean(amodal)
+    else:
+        terms["semdist"] = np.mean([_smooth_l1(_np(o["semdist"][b, r])
+                                               - o["semdist_targets"][b, r], 1.0)
+                                    for b, r in rois])
+    logp = _np(o["global_logits"]) - np.log(np.exp(_np(o["global_logits"])).sum(-1,
+                                                                                keepdims=True))
+    picked = np.take_along_axis(logp, o["global_targets"][..., None], -1)[..., 0]
+    terms["glm"] = -picked[o["global_valid"]].mean()
+    return terms
+
+
+@pytest.mark.parametrize("head", ["layers", "semdist"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_terms_equal_numpy_reference(head, seed):
+    out = _outputs(seed, head)
+    weights = loss_config(rpn_cls=0.5, rpn_box=2.0, box_cls=1.5, box_reg=0.25, layers=3.0,
+                          amodal=0.7, semdist=1.2, glm=0.1)
+    total, metrics = jax.jit(lambda o: losses.compute(o, weights))(out)
+    expected = _reference(out)
+    assert set(metrics) == {f"loss/{k}" for k in expected} | {"loss/total"}
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(metrics[f"loss/{name}"]), value, rtol=2e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose(float(total), sum(weights[k] * v for k, v in expected.items()),
+                               rtol=2e-5)
+    assert float(metrics["loss/total"]) == float(total)
+
+
+def test_padding_and_unsampled_entries_never_contribute():
+    out = _outputs(3)
+    _, base = losses.compute(out, loss_config())
+    changed = dict(out)
+    rng = np.random.default_rng(9)
+
+    def scramble(key, where):
+        noise = jnp.asarray(rng.normal(0, 50, out[key].shape).astype(np.float32))
+        while where.ndim < noise.ndim:
+            where = where[..., None]
+        changed[key] = jnp.where(where, noise, out[key])
+
+    scramble("rpn_logits", out["rpn_labels"] < 0)
+    scramble("rpn_deltas", out["rpn_labels"] != 1)
+    scramble("rpn_box_targets", out["rpn_labels"] != 1)
+    scramble("box_logits", ~out["roi_valid"])
+    scramble("box_deltas", ~out["roi_is_positive"])
+    scramble("layer_logits", ~out["mask_valid"])
+    scramble("global_logits", ~out["global_valid"])
+    _, after = losses.compute(changed, loss_config())
+    for key, value in base.items():
+        np.testing.assert_allclose(float(after[key]), float(value), rtol=1e-6, err_msg=key)
+
+
+def test_empty_sampling_gives_zero_not_nan():
+    out = _outputs(4)
+    out["rpn_labels"] = jnp.where(out["rpn_labels"] == 1, 0, out["rpn_labels"])
+    out["roi_is_positive"] = jnp.zeros_like(out["roi_is_positive"])
+    out["mask_valid"] = jnp.zeros_like(out["mask_valid"])
+    _, metrics = losses.compute(out, loss_config())
+    assert float(metrics["loss/rpn_box"]) == 0.0
+    assert float(metrics["loss/box_reg"]) == 0.0
+    assert float(metrics["loss/layers"]) == 0.0
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_smooth_l1_values():
+    x = jnp.array([-2.0, -0.05, 0.0, 0.05, 0.5, 3.0])
+    np.testing.assert_allclose(losses.smooth_l1(x, 0.1),
+                               [1.95, 0.0125, 0.0, 0.0125, 0.45, 2.95], rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, (5, 3), elements=st.floats(-60, 60, width=32)))
+def test_amodal_log_probs_match_noisy_or_and_have_finite_gradients(logits):
+    log_amodal, log_background = losses.amodal_log_probs(jnp.asarray(logits))
+    z = logits.astype(np.float64)
+    log_bg = np.sum(_log_sigmoid(-z), axis=-1)
+    np.testing.assert_allclose(np.asarray(log_background), log_bg, rtol=1e-5, atol=1e-5)
+    expected = np.log(-np.expm1(np.minimum(log_bg, -1e-7)))
+    np.testing.assert_allclose(np.asarray(log_amodal), expected, rtol=1e-4, atol=1e-5)
+    grads = jax.grad(lambda x: jnp.sum(losses.amodal_log_probs(x)[0]
+                                       + losses.amodal_log_probs(x)[1]))(jnp.asarray(logits))
+    assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_amodal_loss_agrees_with_layer_targets():
+    """A confident, correct layer prediction also gives a small amodal loss (the noisy-OR
+    is consistent with the per-layer targets; a sum of logits would not be)."""
+    targets = np.array([-1, 0, 1, 2])
+    logits = np.where(np.arange(K)[None] == targets[:, None], 8.0, -8.0).astype(np.float32)
+    log_amodal, log_background = losses.amodal_log_probs(jnp.asarray(logits))
+    nll = np.where(targets >= 0, -np.asarray(log_amodal), -np.asarray(log_background))
+    assert nll.max() < 2e-3
+    sum_of_logits = logits.sum(-1)  # -8 on every object pixel: its BCE would be ~8
+    assert np.all(-_log_sigmoid(sum_of_logits[targets >= 0].astype(np.float64)) > 7)

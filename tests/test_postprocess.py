@@ -1,0 +1,125 @@
+"""Post-processing: pasted masks, layers, occlusion rate, depth order, COCO entries."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from model_test_config import model_config
+from sln_jax.models import postprocess
+
+R, K = 8, 3
+
+
+def _box_mask(h, w, y1, x1, y2, x2):
+    mask = np.zeros((h, w), bool)
+    mask[y1:y2, x1:x2] = True
+    return mask
+
+
+def _layer_logits(channel_map: np.ndarray) -> np.ndarray:
+    """float32 [R, R, K]: +12 on the chosen channel of each cell, -12 elsewhere."""
+    return np.where(np.arange(K) == channel_map[..., None], 12.0, -12.0).astype(np.float32)
+
+
+def test_decode_layer_probs_noisy_or_and_argmax():
+    probs = np.array([[0.1, 0.1, 0.1], [0.6, 0.2, 0.1], [0.3, 0.35, 0.1], [0.2, 0.1, 0.7]])
+    out = postprocess.decode_layer_probs(probs)
+    # 1 - 0.9^3 = 0.271 (background); 1 - .4*.8*.9 = .712; 1 - .7*.65*.9 = .5905; .784
+    np.testing.assert_array_equal(out["amodal"], [False, True, True, True])
+    np.testing.assert_array_equal(out["layers"], [-1, 0, 1, 2])
+    np.testing.assert_array_equal(out["visible"], [False, True, False, False])
+
+
+def _two_detections():
+    """A in front (visible everywhere), B behind A on B's left half, D = 4 slots."""
+    boxes = np.zeros((4, 4), np.float32)
+    boxes[0] = (8, 8, 24, 40)    # A: rows 8..23, cols 8..39
+    boxes[1] = (16, 24, 48, 56)  # B: rows 16..47, cols 24..55; overlaps A on cols 24..39
+    b_channels = np.zeros((R, R), np.int64)
+    b_channels[:2, :4] = 1        # B's cells under A: rows 16..23, cols 24..39
+    logits = np.full((4, R, R, K), -12.0, np.float32)
+    logits[0] = _layer_logits(np.zeros((R, R), np.int64))
+    logits[1] = _layer_logits(b_channels)
+    return {"boxes": boxes, "scores": np.array([0.9, 0.8, 0.7, 0.0], np.float32),
+            "classes": np.array([2, 1, 3, 0], np.int32),
+            "valid": np.array([True, True, False, False]), "layer_logits": logits,
+            "global_logits": np.zeros((16, 16, K), np.float32)}
+
+
+def test_to_instances_layers_head_masks_occlusion_and_order():
+    outputs = _two_detections()
+    instances = postprocess.to_instances(outputs, (64, 64), (64, 64),
+                                         model_config(num_layers=K))
+    assert len(instances) == 2  # the invalid slots are dropped
+    a, b = instances
+    assert (a["category_id"], b["category_id"]) == (2, 1)
+    assert a["score"] == pytest.approx(0.9) and b["score"] == pytest.approx(0.8)
+    assert a["box"] == (8.0, 8.0, 32.0, 16.0)
+    np.testing.assert_array_equal(a["amodal"], _box_mask(64, 64, 8, 8, 24, 40))
+    np.testing.assert_array_equal(b["amodal"], _box_mask(64, 64, 16, 24, 48, 56))
+    np.testing.assert_array_equal(a["visible"], a["amodal"])
+    # Bilinear pasting blends the cell boundary: the hidden part is the 8 x 16 block up to
+    # at most one pixel row / column of blending.
+    hidden = b["amodal"] & ~b["visible"]
+    assert hidden[16:23, 24:39].all() and not hidden[25:].any() and not hidden[:, 41:].any()
+    assert a["occlude_rate"] == 0.0
+    assert b["occlude_rate"] == pytest.approx(1 - b["visible"].sum() / b["amodal"].sum())
+    assert 0.1 < b["occlude_rate"] < 0.2  # 128 of 1024 pixels, give or take the blending
+    assert a["depth_order"] == {1: 1} and b["depth_order"] == {0: -1}
+    np.testing.assert_array_equal(b["layers"][b["amodal"]] >= 0, True)
+    np.testing.assert_array_equal(b["layers"][~b["amodal"]], -1)
+
+
+def test_to_instances_maps_boxes_to_the_original_size():
+    outputs = _two_detections()
+    # Content 64 x 32 of the canvas was the original 128 x 96 image (x3 across, x2 down).
+    instances = postprocess.to_instances(outputs, (64, 32), (128, 96),
+                                         model_config(num_layers=K))
+    a = instances[0]
+    assert a["amodal"].shape == (128, 96)
+    # A's box (8, 8, 24, 40) clipped to the content width 32 -> (16, 24, 48, 96) original.
+    assert a["box"] == (24.0, 16.0, 72.0, 32.0)
+    np.testing.assert_array_equal(a["amodal"], _box_mask(128, 96, 16, 24, 48, 96))
+
+
+def test_to_instances_semdist_head_decodes_levels():
+    outputs = _two_detections()
+    sem = np.zeros((4, R, R), np.float32)
+    sem[0] = K + 0.5                    # A: visible level everywhere
+    sem[1] = K + 0.3
+    sem[1, :2, :4] = K - 1 + 0.3        # B: one level down under A
+    del outputs["layer_logits"]
+    outputs["semdist"] = sem
+    instances = postprocess.to_instances(outputs, (64, 64), (64, 64),
+                                         model_config(num_layers=K, head="semdist"))
+    a, b = instances
+    np.testing.assert_array_equal(a["amodal"], _box_mask(64, 64, 8, 8, 24, 40))
+    np.testing.assert_array_equal(a["visible"], a["amodal"])
+    assert b["layers"][16, 24] == 1 and b["layers"][40, 50] == 0
+    assert a["depth_order"] == {1: 1} and b["depth_order"] == {0: -1}
+
+
+def test_wrong_head_outputs_are_rejected():
+    outputs = _two_detections()
+    with pytest.raises(ValueError, match="semdist"):
+        postprocess.to_instances(outputs, (64, 64), (64, 64), model_config(head="semdist"))
+
+
+def test_to_coco_results_round_trips_masks():
+    instances = postprocess.to_instances(_two_detections(), (64, 64), (64, 64),
+                                         model_config(num_layers=K))
+    entries = postprocess.to_coco_results(instances, image_id=42)
+    json.loads(json.dumps(entries))  # JSON-ready
+    assert len(entries) == 2
+    for entry, inst in zip(entries, instances):
+        assert set(entry) == {"image_id", "category_id", "score", "bbox", "segmentation",
+                              "visible_mask", "occlude_rate", "depth_order"}
+        assert entry["image_id"] == 42 and entry["bbox"] == list(inst["box"])
+        np.testing.assert_array_equal(mask_utils.decode(entry["segmentation"]).astype(bool),
+                                      inst["amodal"])
+        np.testing.assert_array_equal(mask_utils.decode(entry["visible_mask"]).astype(bool),
+                                      inst["visible"])
+        assert entry["occlude_rate"] == inst["occlude_rate"]
+    assert entries[1]["depth_order"] == {0: -1}
