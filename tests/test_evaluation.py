@@ -414,3 +414,24 @@ def test_real_cocoa_samples_perfect_detections_score_one():
     assert m["amodal/AR100_none"] == 1.0 and m["amodal/AR100_heavy"] == 1.0
     assert m["occlusion/accuracy"] == 1.0 and m["occlusion/rate_mae"] == 0.0
     assert 0.0 <= m["order/recall"] <= 1.0 and m["order/pairs"] >= 1
+
+
+def test_synthetic_dataset_gt_as_results_scores_perfect():
+    synthetic = pytest.importorskip("data_prep.synthetic")
+    config = synthetic.SceneConfig(image_size=64)
+    images, annotations, results = [], [], []
+    for index in range(4):
+        scene = synthetic.make_scene(0, "val", index, config)
+        images.append({"id": index + 1, "height": 64, "width": 64})
+        anns = synthetic.scene_annotations(scene, index + 1, len(annotations) + 1)
+        annotations += anns
+        # visible + amodal masks only: the depth order must come from the masks
+        results += [{"image_id": a["image_id"], "category_id": a["category_id"], "score": .9,
+                     "segmentation": a["segmentation"], "visible_mask": a["visible_mask"]}
+                    for a in anns]
+    gt = {"images": images, "annotations": annotations,
+          "categories": [{"id": c} for c in range(1, 6)]}
+    m = evaluation.evaluate(json.loads(json.dumps(gt)), results)
+    assert m["amodal/AP"] == pytest.approx(1.0) and m["modal/AP"] == pytest.approx(1.0)
+    assert m["occlusion/accuracy"] == 1.0 and m["occlusion/rate_mae"] == pytest.approx(0.0)
+    assert m["order/pairs"] > 0 and m["order/accuracy"] == 1.0 and m["order/recall"] == 1.0
