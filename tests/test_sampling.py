@@ -1,7 +1,6 @@
 """Samplers: labels against a NumPy matcher, budgets and ratios, padding never positive,
 per-ROI targets against NumPy / SciPy references."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage
