@@ -13,13 +13,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.multihost = False
 
+    # The generated dataset (python -m sln_jax.demo writes it, then sets data.dir and
+    # eval.gt_json to its records and val annotations).
+    config.synthetic = ml_collections.ConfigDict()
+    config.synthetic.seed = 0
+    config.synthetic.image_size = 128
+    config.synthetic.min_objects = 2
+    config.synthetic.max_objects = 6
+    config.synthetic.num_train = 1000
+    config.synthetic.num_val = 100
+    config.synthetic.num_shards = 4
+    config.synthetic.workers = 2
+
     config.data = ml_collections.ConfigDict()
     config.data.dir = "data/synthetic/records"
     config.data.image_size = 128
     config.data.max_instances = 8
     config.data.mask_target_size = 28
     config.data.num_layers = 4
-    config.data.num_classes = 3
+    config.data.num_classes = 5  # data_prep.synthetic.CATEGORIES
     config.data.train_split = "train"
     config.data.eval_split = "val"
     config.data.shuffle_buffer = 512

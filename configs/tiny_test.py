@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_instances = 4
     config.data.mask_target_size = 14
     config.data.num_layers = 3
-    config.data.num_classes = 3
+    config.data.num_classes = 5  # data_prep.synthetic.CATEGORIES
     config.data.train_split = "train"
     config.data.eval_split = "val"
     config.data.shuffle_buffer = 16

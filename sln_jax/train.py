@@ -8,8 +8,8 @@ docs call ``pmap`` the old way, and because the same code runs unchanged on 1 CP
 local devices and several hosts (each host feeds only its local slice through
 ``jax.make_array_from_process_local_data``). Losses are per-image means averaged over the
 *global* batch, so a run on N devices computes the same update as a run on 1 device with the
-same global batch (up to float summation order); random numbers are partitionable threefry
-(jax's default), so sampling does not depend on the device count either.
+same global batch (up to float summation order); ``jax.random`` values do not depend on how
+the computation is sharded, so sampling does not depend on the device count either.
 
 Determinism and resumption: the per-step random key is ``fold_in(state.rng, state.step)`` and
 the input pipeline's position is derived from the step (``create_dataset(start_step=...)``),
@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging as pylogging
 import os
 import time
 from typing import Any, Callable
 
+import cv2
 import flax
 import jax
 import jax.numpy as jnp
@@ -52,6 +54,9 @@ from flax.metrics import tensorboard
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from sln_jax import evaluation, input_pipeline, losses
+from sln_jax.models import postprocess, sln
 
 __all__ = [
     "DATA_AXIS",
@@ -69,6 +74,13 @@ __all__ = [
     "save_checkpoint",
     "restore_checkpoint",
     "load_checkpoint",
+    "MetricWriter",
+    "EvalResult",
+    "write_evaluation",
+    "Trainer",
+    "train",
+    "evaluate",
+    "train_and_evaluate",
 ]
 
 DATA_AXIS = "data"
@@ -216,7 +228,7 @@ def create_train_state(
     model: flax.linen.Module,
     tx: optax.GradientTransformation,
     seed: int,
-    init_batch: dict[str, np.ndarray],
+    image_shape: tuple[int, ...],
     mesh: Mesh,
 ) -> TrainState:
     """Initialises the model and optimizer directly into replicated device arrays.
@@ -225,28 +237,20 @@ def create_train_state(
     the same values without any host-to-device broadcast.
 
     Args:
-      model: a Flax module with ``__call__(images, gt, train)`` and ``params`` /
-        ``batch_stats`` collections.
+      model: a Flax module with ``__call__(images, gt, train)`` whose ``train=False`` call
+        creates every variable (``params``, optional ``batch_stats``).
       tx: the optimizer.
-      seed: parameter init uses ``PRNGKey(seed)``; sampling a key folded from it.
-      init_batch: one example batch (numpy, leading [B]) of the training input; only shapes
-        and dtypes matter.
+      seed: parameter init uses a key split from ``PRNGKey(seed)``, sampling another.
+      image_shape: (B, S, S, 3) of the images; only the shape matters.
       mesh: the device mesh.
 
     Returns:
       A TrainState at step 0, replicated over ``mesh``.
     """
-    root = jax.random.PRNGKey(seed)
-    init_key, sample_key, state_key = jax.random.split(root, 3)
-    init_batch = jax.tree.map(jnp.asarray, init_batch)
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
 
     def init() -> TrainState:
-        variables = model.init(
-            {"params": init_key, "sampling": sample_key},
-            init_batch["image"],
-            init_batch,
-            train=True,
-        )
+        variables = model.init(init_key, jnp.zeros(image_shape, jnp.float32), None, train=False)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -303,7 +307,7 @@ def train_step(
         total must be a mean over the batch's images.
 
     Returns:
-      (new state, metrics): metrics hold every loss term, ``loss`` (the total),
+      (new state, metrics): metrics hold every loss term, ``loss/total``,
       ``grad_norm`` (before clipping) and ``finite`` (1.0 when loss and gradients are finite).
     """
     rng = jax.random.fold_in(state.rng, state.step)
@@ -327,7 +331,7 @@ def train_step(
         opt_state=opt_state,
     )
     metrics = dict(terms)
-    metrics["loss"] = loss
+    metrics["loss/total"] = loss
     metrics["grad_norm"] = grad_norm
     metrics["finite"] = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32)
     return new_state, metrics
@@ -454,6 +458,18 @@ def load_checkpoint(workdir: str, step: int | None = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------ metrics
 
 
+class _DropLibraryInfo(pylogging.Filter):
+    """Drops orbax's INFO records (dozens per checkpoint) and keeps its warnings."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    """Keeps the absl log readable: our progress lines, not orbax's per-save chatter."""
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
 class MetricWriter:
     """TensorBoard event files in the workdir plus a logged progress line; process 0 only."""
 
@@ -480,7 +496,7 @@ def _check_finite(metrics: dict[str, Any], step: int, manager: ocp.CheckpointMan
         return
     last = manager.latest_step()
     raise NonFiniteLossError(
-        f"non-finite loss at step {step} (loss={float(metrics['loss'])}, grad_norm="
+        f"non-finite loss at step {step} (loss={float(metrics['loss/total'])}, grad_norm="
         f"{float(metrics['grad_norm'])}); stopping without saving it; last checkpoint: "
         f"{'none' if last is None else f'step {last}'} in {manager.directory}. Lower "
         "optim.learning_rate or raise optim.warmup_steps."
@@ -495,9 +511,86 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
     terms = " ".join(
-        f"{name}={value:.4g}" for name, value in sorted(scalars.items()) if name.startswith("train/")
-    ).replace("train/", "")
+        f"{name.removeprefix('train/').removeprefix('loss/')}={value:.4g}"
+        for name, value in sorted(scalars.items())
+    )
     return f"step {step}/{num_steps} {terms}"
+
+
+# --------------------------------------------------------------------- evaluation
+
+
+@flax.struct.dataclass
+class EvalResult:
+    """What one evaluation pass produced (host side; metrics and results equal on every process).
+
+    Attributes:
+      metrics: flat metrics of ARCHITECTURE.md (``amodal/AP``, ...), floats.
+      results: COCO results entries for the whole eval split.
+      pictures: up to ``num_pictures`` (image uint8 [H, W, 3], instances) pairs from this
+        process, in original image pixels.
+    """
+
+    metrics: dict[str, float]
+    results: list[dict[str, Any]]
+    pictures: list[tuple[np.ndarray, list[dict[str, Any]]]]
+
+
+def _gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-serialisable ``obj``, in process order."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64)))
+    sizes = sizes.reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(gathered[i, : sizes[i]])) for i in range(len(sizes))]
+
+
+def _eval_gt_json(config) -> str:
+    """The val annotations: ``config.eval.gt_json``, else the path the converter recorded."""
+    if config.eval.gt_json:
+        return config.eval.gt_json
+    metadata = input_pipeline.read_metadata(config.data.dir)
+    split = metadata["splits"].get(config.data.eval_split)
+    if split is None or not split.get("annotations"):
+        raise ValueError(
+            f"{config.data.dir}/metadata.json records no annotations for split "
+            f"{config.data.eval_split!r}; set config.eval.gt_json"
+        )
+    return split["annotations"]
+
+
+def _canvas_to_image(image: np.ndarray, image_size: np.ndarray, orig_size: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] original-size RGB from a normalized float32 [S, S, 3] canvas."""
+    h, w = (int(v) for v in image_size)
+    mean = np.asarray(input_pipeline.IMAGENET_MEAN, np.float32)
+    std = np.asarray(input_pipeline.IMAGENET_STD, np.float32)
+    rgb = np.clip((image[:h, :w] * std + mean) * 255.0, 0, 255).astype(np.uint8)
+    oh, ow = (int(v) for v in orig_size)
+    return np.asarray(cv2.resize(rgb, (ow, oh), interpolation=cv2.INTER_LINEAR))
+
+
+def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None) -> None:
+    """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only)."""
+    from sln_jax import infer
+
+    if jax.process_index() != 0:
+        return
+    evaluation.write_metrics(os.path.join(workdir, "metrics.json"), result.metrics)
+    infer.write_json_atomic(os.path.join(workdir, "results_val.json"), result.results)
+    for index, (image, instances) in enumerate(result.pictures):
+        infer.write_png_atomic(
+            os.path.join(workdir, "pictures", f"val_{index:02d}.png"),
+            infer.draw_picture(image, instances, class_names),
+        )
+
+
+def _format_val(metrics: dict[str, float]) -> str:
+    keys = ("amodal/AP", "amodal/AP50", "modal/AP", "order/accuracy")
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -513,143 +606,218 @@ def _batch_dims(global_batch: int, mesh: Mesh, what: str) -> tuple[int, int]:
     return len(mesh.local_devices), global_batch // mesh.size
 
 
-def train(config, workdir: str, *, evaluate_every: bool = True, stop_at_step: int | None = None) -> TrainState:
-    """Trains SLN to ``config.train.num_steps``, resuming from the latest checkpoint in ``workdir``.
+class Trainer:
+    """One run's model, optimizer and compiled steps, built once from its config.
 
-    Args:
-      config: the run's ConfigDict (``configs/*.py``).
-      workdir: checkpoints, TensorBoard events and ``config.json`` go here.
-      evaluate_every: run the periodic val evaluation every ``config.eval.every_steps``.
-      stop_at_step: stop after this step with a checkpoint, as a preempted job would (used
-        by time-boxed jobs and the kill-and-resume test); None = run to num_steps.
+    ``train`` and ``evaluate`` may be called several times (a restart after a stop, periodic
+    and final evaluation): they reuse the compiled steps instead of compiling again.
 
-    Returns:
-      The final TrainState (replicated device arrays).
-
-    Raises:
-      NonFiniteLossError: when a step's loss or gradient norm is NaN / inf.
+    Attributes:
+      config: the run's ConfigDict.
+      mesh: the device mesh (every device of every process).
+      model: ``SLN(config.model)``.
+      num_steps: ``config.train.num_steps``.
+      tx, schedule: the optimizer and its learning-rate schedule.
     """
-    from sln_jax import input_pipeline, losses
-    from sln_jax.models import sln
 
-    os.makedirs(workdir, exist_ok=True)
-    mesh = create_mesh()
-    num_steps = int(config.train.num_steps)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+    def __init__(self, config, mesh: Mesh | None = None):
+        sln.check_config(config.model)
+        self.config = config
+        self.mesh = create_mesh() if mesh is None else mesh
+        self.model = sln.SLN(config.model)
+        self.num_steps = int(config.train.num_steps)
+        self.tx, self.schedule = create_optimizer(config.optim, self.num_steps)
+        self._train_step = jit_train_step(
+            functools.partial(_compute_loss, loss_config=config.loss), self.mesh
+        )
+        self._eval_step = jit_eval_step(self.mesh)
 
-    manager = create_checkpoint_manager(workdir, config.checkpoint)
-    start_step = manager.latest_step() or 0
-    train_iter = iter(
-        input_pipeline.create_dataset(
+    def initial_state(self) -> TrainState:
+        """The step-0 TrainState (replicated), seeded by ``config.seed``."""
+        size = int(self.config.data.image_size)
+        return create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
+
+    def train_step(self, state: TrainState, host_batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One compiled update on a host batch [local_devices, per_device_batch, ...]; donates ``state``."""
+        return self._train_step(state, shard_batch(host_batch, self.mesh))
+
+    def train(self, workdir: str, *, evaluate_every: bool = True, stop_at_step: int | None = None) -> TrainState:
+        """Trains to ``num_steps``, resuming from the latest checkpoint in ``workdir``.
+
+        Writes checkpoints (every ``config.checkpoint.every_steps`` and at the end),
+        TensorBoard events and ``config.json`` to ``workdir``; logs a progress line every
+        ``config.train.log_every`` steps.
+
+        Args:
+          workdir: the run's directory.
+          evaluate_every: run the val evaluation every ``config.eval.every_steps`` (> 0).
+          stop_at_step: stop after this step with a checkpoint, as a preempted job would
+            (time-boxed jobs, the kill-and-resume test); None = run to num_steps.
+
+        Returns:
+          The final TrainState.
+
+        Raises:
+          NonFiniteLossError: when a step's loss or gradient norm is NaN / inf.
+        """
+        config = self.config
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json(indent=2))
+        manager = create_checkpoint_manager(workdir, config.checkpoint)
+        state = restore_checkpoint(manager, self.initial_state())
+        start_step = int(state.step)
+        if start_step:
+            logging.info("Resumed from step %d in %s", start_step, manager.directory)
+        last_step = self.num_steps if stop_at_step is None else min(stop_at_step, self.num_steps)
+        if start_step >= last_step:
+            manager.close()
+            return state
+        # The stream is a function of the step, so a resumed run sees the same batches.
+        train_batches = input_pipeline.create_dataset(
             config.data,
             config.data.train_split,
-            batch_dims=_batch_dims(int(config.train.batch_size), mesh, "train.batch_size"),
+            batch_dims=_batch_dims(int(config.train.batch_size), self.mesh, "train.batch_size"),
             train=True,
             seed=int(config.seed),
             start_step=start_step,
         )
-    )
-    first_batch = next(train_iter)
+        writer = MetricWriter(workdir)
+        log_every = int(config.train.log_every)
+        eval_every = int(config.eval.every_steps) if evaluate_every else 0
+        images_per_step = int(config.train.batch_size)
+        history: list[dict[str, jax.Array]] = []
+        previous: dict[str, jax.Array] | None = None
+        timer_start, timed_steps = None, 0
+        try:
+            for step in range(start_step + 1, last_step + 1):
+                state, metrics = self.train_step(state, next(train_batches))
+                # Check the previous step while this one runs: the guard adds no stall.
+                if previous is not None:
+                    _check_finite(previous, step - 1, manager)
+                previous = metrics
+                history.append(metrics)
+                if timer_start is None:
+                    jax.block_until_ready(metrics)  # the first step includes compilation
+                    timer_start, timed_steps = time.perf_counter(), 0
+                    logging.info("step %d done (with compilation)", step)
+                else:
+                    timed_steps += 1
+                is_last = step == last_step
+                if step % log_every == 0 or is_last:
+                    _check_finite(metrics, step, manager)
+                    scalars = {f"train/{k}": v for k, v in _mean_metrics(history).items() if k != "finite"}
+                    scalars["train/lr"] = float(self.schedule(step - 1))
+                    if timed_steps:
+                        elapsed = time.perf_counter() - timer_start
+                        scalars["train/images_per_sec"] = timed_steps * images_per_step / elapsed
+                    writer.write_scalars(step, scalars)
+                    logging.info("%s", _progress_line(step, self.num_steps, scalars))
+                    history, timer_start, timed_steps = [], time.perf_counter(), 0
+                if manager.should_save(step) or is_last:
+                    _check_finite(metrics, step, manager)
+                    save_checkpoint(manager, state, config, force=is_last)
+                if eval_every and step % eval_every == 0 and step != self.num_steps:
+                    val = self.evaluate_state(state)
+                    writer.write_scalars(step, {f"val/{k}": v for k, v in val.metrics.items()})
+                    logging.info("step %d val %s", step, _format_val(val.metrics))
+                    timer_start, timed_steps = time.perf_counter(), 0
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
+        return state
 
-    model = sln.SLN(config.model)
-    tx, schedule = create_optimizer(config.optim, num_steps)
-    state = create_train_state(
-        model, tx, int(config.seed), {k: v[0] for k, v in first_batch.items()}, mesh
-    )
-    state = restore_checkpoint(manager, state)
-    if int(state.step) != start_step:
-        raise RuntimeError(f"checkpoint step {int(state.step)} != latest step {start_step}")
-    if start_step:
-        logging.info("Resumed from step %d in %s", start_step, manager.directory)
+    def evaluate_state(self, state: TrainState, *, num_pictures: int = 0) -> EvalResult:
+        """One pass over the val split: detections -> COCO results -> metrics.
 
-    p_train_step = jit_train_step(lambda outputs: losses.compute(outputs, config.loss), mesh)
-    writer = MetricWriter(workdir)
-    log_every = int(config.train.log_every)
-    eval_every = int(config.eval.every_steps) if evaluate_every else 0
-    last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-    global_batch = int(config.train.batch_size)
+        Every process runs the model on its shard of the split (padding images skipped),
+        turns the fixed-size detections into COCO results on the host, and the results of
+        all processes are gathered before scoring.
 
-    history: list[dict[str, jax.Array]] = []
-    previous: dict[str, jax.Array] | None = None
-    timer_start, timer_steps = None, 0
-    host_batch = first_batch
-    for step in range(start_step + 1, last_step + 1):
-        if host_batch is None:
-            host_batch = next(train_iter)
-        state, metrics = p_train_step(state, shard_batch(host_batch, mesh))
-        host_batch = None
-        # Check the previous step while this one runs: the NaN guard costs no pipeline stall.
-        if previous is not None:
-            _check_finite(previous, step - 1, manager)
-        previous = metrics
-        history.append(metrics)
-        if timer_start is None:
-            jax.block_until_ready(metrics)  # the first step includes compilation
-            timer_start, timer_steps, history = time.perf_counter(), 0, [metrics]
-            logging.info("First step (with compilation) done at step %d", step)
-        else:
-            timer_steps += 1
+        Args:
+          state: the replicated TrainState.
+          num_pictures: keep this many (image, instances) pairs for pictures.
+        """
+        config = self.config
+        batches = input_pipeline.create_dataset(
+            config.data,
+            config.data.eval_split,
+            batch_dims=_batch_dims(int(config.eval.batch_size), self.mesh, "eval.batch_size"),
+            train=False,
+            seed=int(config.seed),
+        )
+        results: list[dict[str, Any]] = []
+        pictures: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+        for host_batch in batches:
+            images = shard_batch({"image": host_batch["image"]}, self.mesh)["image"]
+            outputs = multihost_utils.global_array_to_host_local_array(
+                self._eval_step(state, images), self.mesh, P(DATA_AXIS)
+            )
+            outputs = jax.device_get(outputs)
+            meta = {k: v.reshape((-1,) + v.shape[2:]) for k, v in host_batch.items()}
+            for i in np.flatnonzero(meta["image_valid"]):
+                instances = postprocess.to_instances(
+                    {k: np.asarray(v[i]) for k, v in outputs.items()},
+                    meta["image_size"][i],
+                    meta["orig_size"][i],
+                    config.model,
+                )
+                results.extend(postprocess.to_coco_results(instances, int(meta["image_id"][i])))
+                if len(pictures) < num_pictures:
+                    image = _canvas_to_image(meta["image"][i], meta["image_size"][i], meta["orig_size"][i])
+                    pictures.append((image, instances))
+        results = [r for per_process in _gather_json(results) for r in per_process]
+        metrics = evaluation.evaluate(_eval_gt_json(config), results, config.eval.format)
+        return EvalResult({k: float(v) for k, v in metrics.items()}, results, pictures)
 
-        is_last = step == last_step
-        if step % log_every == 0 or is_last:
-            _check_finite(metrics, step, manager)
-            means = _mean_metrics(history)
-            scalars = {f"train/{k}": v for k, v in means.items() if k != "finite"}
-            scalars["train/lr"] = float(schedule(step - 1))
-            elapsed = time.perf_counter() - timer_start
-            if timer_steps:
-                scalars["train/images_per_sec"] = timer_steps * global_batch / elapsed
-            timer_start, timer_steps, history = time.perf_counter(), 0, []
-            writer.write_scalars(step, scalars)
-            logging.info("%s", _progress_line(step, num_steps, scalars))
-        if manager.should_save(step) or is_last:
-            _check_finite(metrics, step, manager)
-            save_checkpoint(manager, state, config, force=is_last)
-        if eval_every and step % eval_every == 0 and step != num_steps:
-            val = evaluate_state(config, state, mesh)
-            writer.write_scalars(step, {f"val/{k}": v for k, v in val.metrics.items()})
-            logging.info("step %d val %s", step, _format_val(val.metrics))
-            timer_start, timer_steps = time.perf_counter(), 0
+    def evaluate(self, workdir: str, state: TrainState | None = None) -> dict[str, float]:
+        """Evaluates ``state`` (default: the latest checkpoint in ``workdir``) and writes outputs.
 
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    return state
+        Writes ``WORKDIR/metrics.json`` (flat names of ARCHITECTURE.md),
+        ``WORKDIR/results_val.json`` (COCO results) and ``config.eval.num_pictures`` pictures
+        to ``WORKDIR/pictures/``; logs the metrics table; writes ``val/*`` to TensorBoard.
 
+        Returns:
+          The flat metrics.
 
-# --------------------------------------------------------------------- evaluation
-
-
-@flax.struct.dataclass
-class EvalResult:
-    """What one evaluation pass produced (host side, identical on every process).
-
-    Attributes:
-      metrics: flat metrics of ARCHITECTURE.md (``amodal/AP``, ...), floats.
-      results: COCO results entries for the whole eval split.
-      pictures: up to ``config.eval.num_pictures`` (image uint8 [H, W, 3], instances) pairs
-        from this process, in original image pixels.
-    """
-
-    metrics: dict[str, float]
-    results: list[dict[str, Any]]
-    pictures: list[tuple[np.ndarray, list[dict[str, Any]]]]
+        Raises:
+          FileNotFoundError: when no state is given and the workdir has no checkpoint.
+        """
+        if state is None:
+            manager = create_checkpoint_manager(workdir, self.config.checkpoint)
+            if manager.latest_step() is None:
+                raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first")
+            state = restore_checkpoint(manager, self.initial_state())
+            manager.close()
+        step = int(state.step)
+        result = self.evaluate_state(state, num_pictures=int(self.config.eval.num_pictures))
+        metadata = input_pipeline.read_metadata(self.config.data.dir)
+        class_names = {int(k): str(v) for k, v in metadata.get("classes", {}).items()}
+        write_evaluation(workdir, result, class_names)
+        writer = MetricWriter(workdir)
+        writer.write_scalars(step, {f"val/{k}": v for k, v in result.metrics.items()})
+        writer.close()
+        logging.info("Evaluation at step %d:\n%s", step, evaluation.format_table(result.metrics))
+        return result.metrics
 
 
-def _gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-serialisable ``obj``, in process order."""
-    if jax.process_count() == 1:
-        return [obj]
-    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64)))[:, 0]
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: data.size] = data
-    gathered = np.asarray(multihost_utils.process_allgather(padded))
-    return [json.loads(bytes(gathered[i, : sizes[i]])) for i in range(len(sizes))]
+def _compute_loss(outputs: dict[str, jax.Array], loss_config) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return losses.compute(outputs, loss_config)
 
 
-def _format_val(metrics: dict[str, float]) -> str:
-    keys = ("amodal/AP", "amodal/AP50", "modal/AP", "order/accuracy")
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+def train(config, workdir: str, *, evaluate_every: bool = True) -> TrainState:
+    """``Trainer(config).train(workdir)``: train to num_steps, resuming from ``workdir``."""
+    return Trainer(config).train(workdir, evaluate_every=evaluate_every)
+
+
+def evaluate(config, workdir: str) -> dict[str, float]:
+    """``Trainer(config).evaluate(workdir)``: evaluate the latest checkpoint and write outputs."""
+    return Trainer(config).evaluate(workdir)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains (resuming if possible), then evaluates the final state and writes the outputs."""
+    trainer = Trainer(config)
+    return trainer.evaluate(workdir, trainer.train(workdir))

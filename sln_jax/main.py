@@ -1,0 +1,83 @@
+"""Command line entry point: train and / or evaluate SLN from a config file.
+
+  python -m sln_jax.main --config configs/synthetic.py --workdir DIR \\
+      [--mode train|evaluate|train_and_evaluate] [--config.train.num_steps=100 ...]
+
+Any config field can be overridden as ``--config.<path>=<value>``. A run resumes from the latest
+checkpoint in ``--workdir`` automatically. ``train_and_evaluate`` (the default) ends with the
+evaluation of the final state on the val split, written to ``WORKDIR/metrics.json``,
+``WORKDIR/results_val.json`` and ``WORKDIR/pictures/``.
+
+Several hosts: set ``--config.multihost=True`` on a cluster jax can detect (TPU pods, SLURM,
+...), or pass ``--coordinator_address``, ``--num_processes`` and ``--process_id`` explicitly
+(also how two processes on one machine are started in the tests).
+"""
+
+from __future__ import annotations
+
+import jax
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sln_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and outputs.")
+flags.DEFINE_enum(
+    "mode",
+    "train_and_evaluate",
+    ["train", "evaluate", "train_and_evaluate"],
+    "train: train only; evaluate: evaluate the latest checkpoint; train_and_evaluate: both.",
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed.")
+flags.DEFINE_integer("num_processes", None, "Number of processes for jax.distributed.")
+flags.DEFINE_integer("process_id", None, "This process's index for jax.distributed.")
+config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str) -> dict[str, float] | None:
+    """Runs ``mode`` ('train' | 'evaluate' | 'train_and_evaluate') of ``config`` in ``workdir``.
+
+    Returns:
+      The final val metrics (flat names of ARCHITECTURE.md) for the evaluating modes, else None.
+    """
+    if mode == "train":
+        train.train(config, workdir, evaluate_every=False)
+        return None
+    if mode == "evaluate":
+        return train.evaluate(config, workdir)
+    if mode == "train_and_evaluate":
+        return train.train_and_evaluate(config, workdir)
+    raise ValueError(f"mode={mode!r}: expected 'train', 'evaluate' or 'train_and_evaluate'")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # tf.data only: keep TensorFlow off any accelerator that JAX should own.
+    tf.config.set_visible_devices([], "GPU")
+    train.quiet_library_logs()
+    config = FLAGS.config
+    if FLAGS.coordinator_address is not None:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif config.multihost:
+        jax.distributed.initialize()
+    logging.info(
+        "process %d/%d, %d local / %d global devices (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
+    run(config, FLAGS.workdir, FLAGS.mode)
+
+
+if __name__ == "__main__":
+    app.run(main)
