@@ -83,18 +83,22 @@ def random_set(seed: int, crowd_rate: float, tie_scores: bool, many: bool,
     return {"images": images, "annotations": anns, "categories": categories}, results
 
 
-def cocoeval_stats(gt: dict, results: list, use_cats: bool = True) -> np.ndarray:
-    """pycocotools' 12 segm stats (the reference)."""
+def run_cocoeval(gt: dict, results: list) -> COCOeval:
+    """pycocotools' COCOeval (segm) after summarize (the reference)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = copy.deepcopy(gt)
         coco.createIndex()
         e = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "segm")
-        e.params.useCats = int(use_cats)
         e.evaluate()
         e.accumulate()
         e.summarize()
-    return np.asarray(e.stats)
+    return e
+
+
+def cocoeval_stats(gt: dict, results: list) -> np.ndarray:
+    """pycocotools' 12 segm stats."""
+    return np.asarray(run_cocoeval(gt, results).stats)
 
 
 def ours(metrics: dict, prefix: str = "amodal/") -> np.ndarray:
@@ -104,11 +108,35 @@ def ours(metrics: dict, prefix: str = "amodal/") -> np.ndarray:
 set_params = dict(seed=st.integers(0, 2 ** 31), crowd_rate=st.sampled_from([0.0, 0.3]),
                   tie_scores=st.booleans(), many=st.booleans(),
                   num_categories=st.integers(1, 3))
-slow_settings = settings(max_examples=30, deadline=None,
+slow_settings = settings(max_examples=40, deadline=None,
                          suppress_health_check=[HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------------ pycocotools equality
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**set_params)
+def test_precision_and_recall_arrays_equal_cocoeval(seed, crowd_rate, tie_scores, many,
+                                                    num_categories):
+    gt, results = random_set(seed, crowd_rate, tie_scores, many, num_categories)
+    if not results:
+        return
+    reference = run_cocoeval(gt, results).eval
+    images, categories = evaluation._load_coco_gt(gt, "gt")
+    dets = evaluation._load_results(results, images, "results")
+    ours_ = evaluation._evaluate_variant(images, dets, categories, "amodal", "coco")
+    # settings 0..3 are COCOeval's area ranges all / small / medium / large
+    np.testing.assert_array_equal(ours_.precision[..., :4, :], reference["precision"])
+    np.testing.assert_array_equal(ours_.recall[..., :4, :], reference["recall"])
+
+
+def test_small_matching_chunks_give_the_same_numbers(monkeypatch):
+    gt, results = random_set(3, 0.3, True, True, 2)
+    expected = evaluation.evaluate(gt, results)
+    monkeypatch.setattr(evaluation, "_CHUNK_ELEMENTS", 500)
+    assert evaluation.evaluate(gt, results) == expected
+    np.testing.assert_allclose(ours(expected), cocoeval_stats(gt, results), rtol=0, atol=1e-9)
+
 
 @slow_settings
 @given(**set_params)
