@@ -274,7 +274,7 @@ def _images_index(images: list, name: str) -> dict[int, tuple[int, int]]:
     return sizes
 
 
-def _build_image(image_id, size, anns: list[dict], constraints, name: str) -> _ImageGT:
+def _build_image(image_id, size, anns: list[dict], constraints) -> _ImageGT:
     """Pack converted annotation dicts (keys as in _ImageGT, one value each) into arrays."""
     h, w = size
     amodal = [a["amodal"] for a in anns]
@@ -332,7 +332,7 @@ def _load_coco_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
         categories = sorted({c["id"] for c in data["categories"]})
     else:
         categories = sorted({a["category_id"] for a in data["annotations"]})
-    images = [_build_image(i, sizes[i], per_image[i], None, name) for i in sorted(sizes)]
+    images = [_build_image(i, sizes[i], per_image[i], None) for i in sorted(sizes)]
     return images, categories
 
 
@@ -391,9 +391,11 @@ def _load_cocoa_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
             amodal = _to_rle(region["segmentation"], h, w, f"{where} segmentation")
             visible = (_to_rle(region["visible_mask"], h, w, f"{where} visible_mask")
                        if region.get("visible_mask") is not None else amodal)
-            if visible is not amodal and isinstance(visible["counts"], str):
-                rles.append(visible)
-                wheres.append(f"{where} visible_mask")
+            for r, label in ((amodal, "segmentation"), (visible, "visible_mask")):
+                if isinstance(r["counts"], str) and not (label == "visible_mask"
+                                                         and r is amodal):
+                    rles.append(r)
+                    wheres.append(f"{where} {label}")
             regions.append(dict(
                 id=j + 1, category=1, amodal=amodal, visible=visible,
                 area=region.get("area"), crowd=0, occlusion=region.get("occlude_rate", 0.0),
@@ -402,7 +404,7 @@ def _load_cocoa_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
                           np.float64)
         constraints = _parse_constraints(ann.get("depth_constraint", ""), orders,
                                          f"{name}: image {image_id}")
-        images.append(_build_image(image_id, (h, w), regions, constraints, name))
+        images.append(_build_image(image_id, (h, w), regions, constraints))
     _check_compressed_rles(rles, wheres.__getitem__)
     return images, [1]
 

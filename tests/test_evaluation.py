@@ -362,6 +362,18 @@ def test_bad_gt_raises_clear_errors():
         evaluation.evaluate(gt, [])
     with pytest.raises(ValueError, match="fmt"):
         evaluation.evaluate(_scene()[0], [], fmt="lvis")
+    with pytest.raises(ValueError, match="use --format coco"):
+        evaluation.evaluate(_scene()[0], [], fmt="cocoa")
+    region = {"segmentation": [0, 0, 5, 0, 5, 5], "order": 1, "occlude_rate": 0, "isStuff": 0}
+    cocoa = {"images": [{"id": 4, "height": 8, "width": 8}],
+             "annotations": [{"image_id": 4, "id": 1, "regions": [region],
+                              "depth_constraint": "1-3"}]}
+    with pytest.raises(ValueError, match="image 4: depth constraint '1-3' names order 3"):
+        evaluation.evaluate(cocoa, [], fmt="cocoa")
+    cocoa["annotations"][0]["depth_constraint"] = ""
+    region["segmentation"] = {"size": [8, 8], "counts": "9"}
+    with pytest.raises(ValueError, match="image 4 region 0 segmentation: malformed RLE"):
+        evaluation.evaluate(cocoa, [], fmt="cocoa")
 
 
 # ----------------------------------------------------------------------- RLE validation
