@@ -54,9 +54,24 @@ def random_variables(config, seed: int = 0):
     return jax.block_until_ready(variables)
 
 
-def percentiles(seconds: list[float]) -> str:
+def percentiles(seconds: list[float], cpu: list[float] | None = None) -> str:
     ms = 1000 * np.asarray(seconds)
-    return f"median {np.median(ms):7.1f} ms  p90 {np.percentile(ms, 90):7.1f} ms"
+    text = f"median {np.median(ms):7.1f} ms  p90 {np.percentile(ms, 90):7.1f} ms"
+    if cpu is not None:
+        text += f"  (CPU {1000 * np.median(cpu):7.1f} ms)"
+    return text
+
+
+class Clock:
+    """Wall and process CPU time of a block (CPU time shows contention on a shared host)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
 
 
 def measure(predictor: infer.Predictor, images: list[np.ndarray], label: str) -> None:
@@ -69,40 +84,46 @@ def measure(predictor: infer.Predictor, images: list[np.ndarray], label: str) ->
     print(f"  first call (trace + compile + run): {first:6.2f} s")
 
     model_times, post_times, total_times = [], [], []
+    model_cpu, post_cpu, total_cpu = [], [], []
     detections = 0
     for image in images:
-        t0 = time.perf_counter()
-        ((outputs, size),) = predictor.raw_outputs([image])
-        t1 = time.perf_counter()
-        instances = predictor._postprocess.to_instances(outputs, size, image.shape[:2],
-                                                        predictor.config.model)
-        t2 = time.perf_counter()
-        model_times.append(t1 - t0)
-        post_times.append(t2 - t1)
-        total_times.append(t2 - t0)
+        with Clock() as model:
+            ((outputs, size),) = predictor.raw_outputs([image])
+        with Clock() as post:
+            instances = predictor._postprocess.to_instances(outputs, size, image.shape[:2],
+                                                            predictor.config.model)
+        model_times.append(model.wall)
+        post_times.append(post.wall)
+        total_times.append(model.wall + post.wall)
+        model_cpu.append(model.cpu)
+        post_cpu.append(post.cpu)
+        total_cpu.append(model.cpu + post.cpu)
         detections += len(instances)
-    print(f"  model (forward + device_get):      {percentiles(model_times)}")
-    print(f"  postprocess (to_instances):        {percentiles(post_times)}  "
+    print(f"  model (forward + device_get):      {percentiles(model_times, model_cpu)}")
+    print(f"  postprocess (to_instances):        {percentiles(post_times, post_cpu)}  "
           f"({detections / len(images):.1f} detections / image)")
-    print(f"  end to end, batch 1:               {percentiles(total_times)}  "
+    print(f"  end to end, batch 1:               {percentiles(total_times, total_cpu)}  "
           f"{len(images) / sum(total_times):6.2f} images/s")
 
-    start = time.perf_counter()
     instances = predictor.predict(images[0])
-    infer.draw_picture(images[0], instances)
-    picture = time.perf_counter() - start - np.median(total_times)
-    print(f"  one picture (draw_picture):        {1000 * picture:7.1f} ms")
+    infer.draw_picture(images[0], instances)  # imports matplotlib, warms its caches
+    pictures = []
+    for image in images[:4]:
+        instances = predictor.predict(image)
+        with Clock() as picture:
+            infer.draw_picture(image, instances)
+        pictures.append(picture.wall)
+    print(f"  one picture (draw_picture):        {percentiles(pictures)}")
 
 
 def measure_batched(predictor: infer.Predictor, images: list[np.ndarray], label: str) -> None:
     """Prints images/s of ``predict_batch`` with the predictor's batch size."""
     predictor.predict_batch(images[:predictor.batch_size])  # compile
-    start = time.perf_counter()
-    predictor.predict_batch(images)
-    seconds = time.perf_counter() - start
+    with Clock() as clock:
+        predictor.predict_batch(images)
     print(f"\n[{label}] predict_batch, batch {predictor.batch_size}: "
-          f"{len(images) / seconds:6.2f} images/s ({1000 * seconds / len(images):.1f} ms "
-          "per image)")
+          f"{len(images) / clock.wall:6.2f} images/s ({1000 * clock.wall / len(images):.1f} ms "
+          f"per image, CPU {1000 * clock.cpu / len(images):.1f} ms)")
 
 
 def main() -> None:
@@ -118,7 +139,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x {jax.device_count()}, "
           f"{os.cpu_count()} CPU cores; config {os.path.relpath(args.config, ROOT)}: "
           f"S = {config.data.image_size}, backbone {config.model.backbone}, "
-          f"D = {config.model.max_detections}, K = {config.model.num_layers}; random params")
+          f"D = {config.model.max_detections}, K = {config.model.num_layers}; random params; "
+          f"load average {os.getloadavg()[0]:.1f}")
     start = time.perf_counter()
     variables = random_variables(config)
     print(f"random init (jitted): {time.perf_counter() - start:.1f} s")
