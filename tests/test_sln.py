@@ -1,0 +1,183 @@
+"""The whole SLN: output shapes (train and inference), gradients, and the overfit test."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from model_test_config import loss_config, model_config, scene_batch
+from sln_jax import losses
+from sln_jax.models import postprocess
+from sln_jax.models.sln import SLN, check_config, num_mask_rois
+
+S = 128
+
+
+def _gt(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items() if k != "amodal"}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = model_config()
+    batch = scene_batch(S, num_layers=cfg.num_layers, mask_target_size=14)
+    model = SLN(cfg)
+    images = jnp.asarray(batch["image"])
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    return cfg, batch, model, variables
+
+
+@pytest.fixture(scope="module")
+def train_result(setup):
+    cfg, batch, model, variables = setup
+    gt = _gt(batch)
+
+    def loss_fn(params, key):
+        outputs = model.apply({"params": params}, jnp.asarray(batch["image"]), gt, train=True,
+                              rngs={"sampling": key})
+        total, metrics = losses.compute(outputs, loss_config())
+        return total, (metrics, outputs)
+
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (total, (metrics, outputs)), grads = step(variables["params"], jax.random.key(1))
+    return total, metrics, outputs, grads
+
+
+@pytest.mark.slow
+def test_train_output_shapes(setup, train_result):
+    cfg, _, _, variables = setup
+    _, _, outputs, _ = train_result
+    b, n, np_, r, k = 2, cfg.roi_batch_per_image, num_mask_rois(cfg), cfg.mask_size, 3
+    anchors = sum((S // s) ** 2 * 3 for s in (4, 8, 16, 32))
+    expected = {
+        "rpn_logits": (b, anchors), "rpn_deltas": (b, anchors, 4), "rpn_labels": (b, anchors),
+        "rpn_box_targets": (b, anchors, 4), "box_logits": (b, n, cfg.num_classes + 1),
+        "box_deltas": (b, n, 4), "roi_classes": (b, n), "roi_box_targets": (b, n, 4),
+        "roi_is_positive": (b, n), "roi_valid": (b, n), "mask_valid": (b, np_),
+        "layer_logits": (b, np_, r, r, k), "layer_targets": (b, np_, r, r),
+        "global_logits": (b, S // 4, S // 4, k), "global_targets": (b, S // 4, S // 4),
+        "global_valid": (b, S // 4, S // 4),
+    }
+    assert {key: tuple(v.shape) for key, v in outputs.items()} == expected
+    # Sampling found the GT: every image has positives, and all of them got a mask slot.
+    assert int(outputs["roi_is_positive"].sum()) >= 6
+    assert (outputs["mask_valid"].sum(1) == np.minimum(outputs["roi_is_positive"].sum(1),
+                                                         np_)).all()
+    # Canvas padding of image 1 (right quarter) is not a GLM target.
+    assert outputs["global_valid"][0].all()
+    assert not outputs["global_valid"][1, :, 24:].any() and outputs["global_valid"][1, :, :24].all()
+    assert "batch_stats" not in variables  # group_norm: no statistics
+
+
+@pytest.mark.slow
+def test_loss_terms_finite_and_gradients_nonzero_for_every_parameter_group(train_result):
+    total, metrics, _, grads = train_result
+    assert np.isfinite(float(total))
+    assert set(metrics) == {f"loss/{t}" for t in ("rpn_cls", "rpn_box", "box_cls", "box_reg",
+                                                   "layers", "amodal", "glm", "total")}
+    assert all(np.isfinite(float(v)) and float(v) > 0 for v in metrics.values())
+    flat = jax.tree_util.tree_leaves_with_path(grads)
+    groups = {}
+    for path, g in flat:
+        g = np.asarray(g)
+        assert np.isfinite(g).all(), jax.tree_util.keystr(path)
+        # Group = top module and its first submodule (e.g. backbone/layer3_0, rpn/conv).
+        key = "/".join(str(p.key) for p in path[:2])
+        groups[key] = groups.get(key, 0.0) + float(np.abs(g).sum())
+    assert {k.split("/")[0] for k in groups} == {"backbone", "fpn", "rpn", "glm", "box_head",
+                                                 "layer_head"}
+    zero = [k for k, v in groups.items() if not v > 0]
+    assert not zero, f"parameter groups without gradient: {zero}"
+
+
+def test_inference_output_shapes_and_decoding(setup):
+    cfg, batch, model, variables = setup
+    outputs = jax.jit(model.apply)(variables, jnp.asarray(batch["image"]))
+    d, r = cfg.max_detections, cfg.mask_size
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        "boxes": (2, d, 4), "scores": (2, d), "classes": (2, d), "valid": (2, d),
+        "layer_logits": (2, d, r, r, 3), "global_logits": (2, S // 4, S // 4, 3)}
+    valid = np.asarray(outputs["valid"])
+    classes = np.asarray(outputs["classes"])
+    boxes = np.asarray(outputs["boxes"])
+    assert ((classes >= 1) & (classes <= cfg.num_classes))[valid].all()
+    assert (classes[~valid] == 0).all()
+    assert ((boxes >= 0) & (boxes <= S)).all()
+    one = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], outputs)
+    instances = postprocess.to_instances(one, (S, S), (S, S), cfg)
+    assert len(instances) == int(valid[0].sum())
+
+
+def test_semdist_head_and_frozen_bn_variant_shapes():
+    cfg = model_config(head="semdist", norm="frozen_bn", class_agnostic_masks=True, glm=False)
+    batch = scene_batch(64, num_layers=cfg.num_layers)
+    model = SLN(cfg)
+    images = jnp.asarray(batch["image"])
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    assert "batch_stats" in variables and "glm" not in variables["params"]
+    outputs = jax.eval_shape(functools.partial(model.apply, train=True), variables, images,
+                             _gt(batch), rngs={"sampling": jax.random.key(1)})
+    np_, r = num_mask_rois(cfg), cfg.mask_size
+    assert outputs["semdist"].shape == (2, np_, r, r)
+    assert outputs["semdist_targets"].shape == (2, np_, r, r)
+    assert "layer_logits" not in outputs and "global_logits" not in outputs
+    detections = jax.eval_shape(model.apply, variables, images)
+    assert detections["semdist"].shape == (2, cfg.max_detections, r, r)
+    assert detections["global_logits"].shape == (2, 16, 16, cfg.num_layers)
+
+
+def test_bad_config_and_inputs_are_rejected():
+    with pytest.raises(ValueError, match="mask_size"):
+        check_config(model_config(mask_size=20))
+    with pytest.raises(ValueError, match="head"):
+        check_config(model_config(head="masks"))
+    model = SLN(model_config())
+    with pytest.raises(ValueError, match="divisible by 64"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 100, 100, 3)))
+
+
+def _best_iou(gt_mask: np.ndarray, instances: list[dict]) -> float:
+    ious = [(gt_mask & inst["amodal"]).sum() / max((gt_mask | inst["amodal"]).sum(), 1)
+            for inst in instances]
+    return max(ious, default=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["layers", "semdist"])
+def test_overfit_two_images(head):
+    """2 drawn 128 x 128 scenes, tiny backbone, 200 Adam steps: loss down >= 5x and every GT
+    amodal mask recovered with IoU >= 0.7 by the decoded detections."""
+    cfg = model_config(fpn_dim=32, backbone_width=8, head=head, score_threshold=0.3)
+    batch = scene_batch(S, num_layers=cfg.num_layers)
+    model = SLN(cfg)
+    images = jnp.asarray(batch["image"])
+    gt = _gt(batch)
+    params = jax.jit(model.init)(jax.random.key(0), images)["params"]
+    tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        def loss_fn(p):
+            outputs = model.apply({"params": p}, images, gt, train=True, rngs={"sampling": key})
+            return losses.compute(outputs, loss_config())[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    history = []
+    for i in range(200):
+        params, opt_state, loss = step(params, opt_state, jax.random.key(i + 1))
+        history.append(float(loss))
+    assert history[0] / np.mean(history[-10:]) >= 5, history[::20]
+
+    outputs = jax.jit(model.apply)({"params": params}, images)
+    for b in range(2):
+        one = jax.tree_util.tree_map(lambda x: np.asarray(x)[b], outputs)
+        instances = postprocess.to_instances(one, (S, S), (S, S), cfg)
+        for g in np.flatnonzero(batch["valid"][b]):
+            assert _best_iou(batch["amodal"][b, g], instances) >= 0.7, (b, g)
