@@ -90,8 +90,7 @@ def measure(predictor: infer.Predictor, images: list[np.ndarray], label: str) ->
         with Clock() as model:
             ((outputs, size),) = predictor.raw_outputs([image])
         with Clock() as post:
-            instances = predictor._postprocess.to_instances(outputs, size, image.shape[:2],
-                                                            predictor.config.model)
+            instances = predictor.to_instances(outputs, size, image.shape[:2])
         model_times.append(model.wall)
         post_times.append(post.wall)
         total_times.append(model.wall + post.wall)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -383,7 +383,8 @@ class Predictor:
         """
         from sln_jax import train
         directory = Path(checkpoint_dir)
-        if directory.name == train.CHECKPOINT_DIR and not (directory / train.CHECKPOINT_DIR).exists():
+        nested = directory / train.CHECKPOINT_DIR
+        if directory.name == train.CHECKPOINT_DIR and not nested.exists():
             directory = directory.parent
         checkpoint = train.load_checkpoint(str(directory), step)
         _check_checkpoint_config(config, checkpoint["config"], directory)
@@ -470,6 +471,12 @@ class Predictor:
                                       sizes[slot])
         return results
 
+    def to_instances(self, outputs: dict[str, np.ndarray], content_size: tuple[int, int],
+                     orig_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """Instances of one image from its ``raw_outputs`` entry (see ``predict_batch``)."""
+        return self._postprocess.to_instances(outputs, content_size, orig_size,
+                                              self.config.model)
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
         """Detections of several images (grouped by canvas and batched internally).
 
@@ -482,10 +489,8 @@ class Predictor:
           ``visible`` bool [H_i, W_i], ``layers`` int32 [H_i, W_i], ``occlude_rate``,
           ``depth_order`` {index of another detection: +1 in front of it / -1 behind}.
         """
-        return [
-            self._postprocess.to_instances(outputs, size, image.shape[:2], self.config.model)
-            for (outputs, size), image in zip(self.raw_outputs(images), images)
-        ]
+        return [self.to_instances(outputs, size, image.shape[:2])
+                for (outputs, size), image in zip(self.raw_outputs(images), images)]
 
     def predict(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Detections of one uint8 [H, W, 3] RGB image (see ``predict_batch``)."""
@@ -582,12 +587,11 @@ def _render_graph(order: np.ndarray, height: int, width: int, caption: str) -> n
     dpi = 100
     figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     canvas = FigureCanvasAgg(figure)
-    axis = figure.add_axes((0.04, 0.16, 0.92, 0.76))
+    axis = figure.add_axes((0.04, 0.2, 0.92, 0.72))
     # Nodes carry the detection index and color of the tags in the picture, which also
     # name the class; class names under the nodes would collide when a row is full.
     visualize.depth_order_graph(axis, order)
-    figure.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=8, color="0.25",
-                wrap=True)
+    figure.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=8, color="0.25")
     canvas.draw()
     pixels = np.asarray(canvas.buffer_rgba())[:, :, :3]
     if pixels.shape[:2] != (height, width):
@@ -630,7 +634,7 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
                                      labels=names, scores=scores)
     picture = np.full((total_h, total_w, 3), 255, np.uint8)
     picture[:drawn_h, :drawn_w] = drawn
-    caption = (f"{len(instances)} detections; fill: visible part, hatched: occluded part, "
+    caption = (f"{len(instances)} detections\nfill: visible part, hatched: occluded part,\n"
                "outline: amodal mask")
     picture[:, drawn_w:] = _render_graph(depth_order_matrix(instances), total_h,
                                          total_w - drawn_w, caption)
@@ -776,6 +780,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
     """
     from tqdm import tqdm
 
+    from sln_jax.models import postprocess
+
     paths = find_images(images)
     root = _common_root(paths)
     names = _output_names(paths, root)
@@ -799,9 +805,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         items = pending.pop(side)
         raw = predictor.raw_outputs([item[2] for item in items])
         for (name, image_id, image), (outputs, size) in zip(items, raw):
-            instances = predictor._postprocess.to_instances(
-                outputs, size, image.shape[:2], predictor.config.model)
-            results.extend(predictor._postprocess.to_coco_results(instances, image_id))
+            instances = predictor.to_instances(outputs, size, image.shape[:2])
+            results.extend(postprocess.to_coco_results(instances, image_id))
             if pictures:
                 write_png_atomic(output_dir / "pictures" / f"{name}.png",
                                  draw_picture(image, instances, class_names))
@@ -818,15 +823,14 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
                 unmatched.append(str(path))
                 bar.write(f"skipped {path}: not listed in {annotations}")
                 continue
-        else:
-            image_id = next_id
         try:
             image = load_image(path)
         except UnreadableImageError as error:
             unreadable.append({"file": str(path), "error": str(error)})
             bar.write(f"skipped {error}")
             continue
-        next_id += 1
+        if gt_ids is None:
+            image_id, next_id = next_id, next_id + 1
         image_records.append({"id": image_id, "file_name": file_name,
                               "height": int(image.shape[0]), "width": int(image.shape[1])})
         side = choose_canvas(image.shape[0], image.shape[1], predictor.canvas_sizes)
