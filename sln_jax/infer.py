@@ -678,8 +678,9 @@ def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
     maps = []
     for index, (detection, instance) in enumerate(zip(detections, instances)):
         if model_config.head == "layers":
-            probs = 1.0 / (1.0 + np.exp(-np.asarray(outputs["layer_logits"][detection],
-                                                    np.float64)))
+            # The sigmoid of postprocess, in float32, so the maps decode to its instances.
+            logits = np.asarray(outputs["layer_logits"][detection], np.float32)
+            probs = 0.5 * (1.0 + np.tanh(0.5 * logits))
             layer_probs = layering.paste(probs[None], boxes[index][None], (height, width))[0]
             layer_probs = np.moveaxis(layer_probs, -1, 0)
             sem = semdist.encode(instance["layers"][None], k)[0]

@@ -216,6 +216,121 @@ def test_image_ids_from_annotations(tmp_path):
         infer.image_ids_from_annotations(tmp_path / "bad.json")
 
 
+# --------------------------------------------------------------------------- pictures
+
+
+def test_picture_size_layout():
+    # Small images are enlarged by an integer factor to at least 384 px, huge ones shrunk.
+    assert infer.picture_size(64, 32) == (384, 192 + 300, 384, 192)
+    assert infer.picture_size(500, 700) == (500, 700 + 300, 500, 700)
+    assert infer.picture_size(4000, 3000)[2:] == (1600, 1200)
+    # A wide, short image keeps a graph panel tall enough to read.
+    assert infer.picture_size(100, 1000)[:3] == (320, 1000 + 300, 100)
+    # Many detections widen the graph panel.
+    assert infer.picture_size(500, 500, 20)[1] == 500 + 36 * 22
+
+
+def test_depth_order_matrix_from_json_or_int_keys():
+    instances = [{"depth_order": {1: 1, "2": -1}}, {"depth_order": {"0": -1}},
+                 {"depth_order": {0: 1, 5: 1}}]
+    np.testing.assert_array_equal(infer.depth_order_matrix(instances),
+                                  [[0, 1, -1], [-1, 0, 0], [1, 0, 0]])
+
+
+def test_draw_picture_without_and_with_detections():
+    from sln_jax import visualize
+    image = _random_rgb(48, 64, seed=5)
+    empty = infer.draw_picture(image, [])
+    h, w, dh, dw = infer.picture_size(48, 64, 0)
+    assert empty.shape == (h, w, 3) and empty.dtype == np.uint8
+    factor = dh // 48
+    np.testing.assert_array_equal(empty[:dh, :dw],
+                                  np.repeat(np.repeat(image, factor, 0), factor, 1))
+
+    amodal = np.zeros((2, 48, 64), bool)
+    amodal[0, 5:30, 5:30] = True
+    amodal[1, 20:45, 20:60] = True
+    visible = amodal.copy()
+    visible[1, 20:30, 20:30] = False  # detection 0 is in front of detection 1
+    instances = [
+        {"amodal": amodal[0], "visible": visible[0], "category_id": 1, "score": 0.9,
+         "depth_order": {1: 1}},
+        {"amodal": amodal[1], "visible": visible[1], "category_id": 2, "score": 0.7,
+         "depth_order": {0: -1}},
+    ]
+    picture = infer.draw_picture(image, instances, {1: "cat", 2: "dog"})
+    h, w, dh, dw = infer.picture_size(48, 64, 2)
+    assert picture.shape == (h, w, 3)
+    # Outside every mask the image is untouched (tags sit on the visible parts).
+    outside = ~np.repeat(np.repeat(amodal.any(0), factor, 0), factor, 1)
+    np.testing.assert_array_equal(picture[:dh, :dw][outside], empty[:dh, :dw][outside])
+    # The graph panel shows both nodes in the detections' colors.
+    panel = picture[:, dw:].reshape(-1, 3).astype(int)
+    for color in visualize.instance_colors(2).astype(int):
+        assert (np.abs(panel - color).sum(1) < 10).sum() > 50
+
+
+# ------------------------------------------------------------------------ layer maps
+
+
+def _fake_outputs(head: str, k: int = 3, d: int = 3, r: int = 14, seed: int = 0):
+    """One image's model outputs with random ROI maps: 2 valid detections of 3."""
+    rng = np.random.default_rng(seed)
+    outputs = {
+        "boxes": np.array([[4, 6, 40, 30], [10, 12, 60, 62], [0, 0, 0, 0]], np.float32)[:d],
+        "scores": np.array([0.9, 0.8, 0.0], np.float32)[:d],
+        "classes": np.array([1, 2, 0], np.int32)[:d],
+        "valid": np.array([True, True, False])[:d],
+    }
+    if head == "layers":
+        outputs["layer_logits"] = rng.normal(0, 3, (d, r, r, k)).astype(np.float32)
+    else:
+        outputs["semdist"] = rng.uniform(0, k + 1, (d, r, r)).astype(np.float32)
+    return outputs
+
+
+@pytest.mark.parametrize("head", ["layers", "semdist"])
+def test_layer_maps_decode_to_the_instances(head):
+    import ml_collections
+    from sln_jax import semdist
+    from sln_jax.models import postprocess
+    k = 3
+    model = ml_collections.ConfigDict({"head": head, "num_layers": k})
+    outputs = _fake_outputs(head, k)
+    content, orig = (64, 64), (48, 48)  # the canvas content was enlarged 4/3
+    instances = postprocess.to_instances(outputs, content, orig, model)
+    maps = infer.layer_maps(outputs, content, orig, instances, model)
+    assert len(maps) == len(instances) == 2
+    for (layer_probs, sem), instance in zip(maps, instances):
+        assert layer_probs.shape == (k, 48, 48) and sem.shape == (48, 48)
+        assert 0 <= layer_probs.min() and layer_probs.max() <= 1
+        np.testing.assert_array_equal(semdist.decode(sem, k)["layers"], instance["layers"])
+        if head == "layers":
+            decoded = postprocess.decode_layer_probs(np.moveaxis(layer_probs, 0, -1))
+            np.testing.assert_array_equal(decoded["layers"], instance["layers"])
+        else:
+            np.testing.assert_array_equal(layer_probs.argmax(0)[instance["amodal"]],
+                                          instance["layers"][instance["amodal"]])
+            assert not layer_probs[:, ~instance["amodal"]].any()
+
+
+def test_layer_map_pngs(tmp_path):
+    import ml_collections
+    from sln_jax.models import postprocess
+    model = ml_collections.ConfigDict({"head": "layers", "num_layers": 3})
+    outputs = _fake_outputs("layers")
+    instances = postprocess.to_instances(outputs, (64, 64), (30, 70), model)
+    infer._write_layer_maps(tmp_path, outputs, (64, 64), (30, 70), instances, model)
+    assert sorted(os.listdir(tmp_path)) == [
+        f"det{i}_{kind}.png" for i in range(2)
+        for kind in ("layer0", "layer1", "layer2", "semdist")]
+    maps = infer.layer_maps(outputs, (64, 64), (30, 70), instances, model)
+    stored = np.asarray(Image.open(tmp_path / "det1_layer2.png"))
+    np.testing.assert_array_equal(stored, np.round(255 * maps[1][0][2]).astype(np.uint8))
+    stored = np.asarray(Image.open(tmp_path / "det0_semdist.png"))
+    np.testing.assert_array_equal(stored, np.round(255 * maps[0][1] / 4).astype(np.uint8))
+
+
 # ------------------------------------------------------------------- end to end (trained)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
