@@ -58,7 +58,9 @@ def rpn_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, rn
       gt_boxes: float32 [M, 4].
       gt_valid: bool [M].
       rng: PRNG key.
-      batch_per_image, positive_fraction, positive_iou, negative_iou: sampling parameters.
+      batch_per_image, positive_fraction: static Python numbers (the positive budget is
+        int(batch_per_image * positive_fraction)).
+      positive_iou, negative_iou: IoU thresholds (may be traced).
 
     Returns:
       dict with ``labels`` int32 [A] (1 positive, 0 negative, -1 ignored / not sampled) and
@@ -101,7 +103,8 @@ def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
       proposals: float32 [P, 4]; proposal_valid: bool [P].
       gt_boxes: float32 [M, 4]; gt_classes: int32 [M] (1..C); gt_valid: bool [M].
       rng: PRNG key.
-      num_rois: static int; positive_fraction, positive_iou: floats.
+      num_rois: static int; positive_fraction: static float (budget
+        int(num_rois * positive_fraction)); positive_iou: float (may be traced).
       append_gt: static bool.
 
     Returns:
