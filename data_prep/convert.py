@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import queue as queue_lib
 import sys
+import time
 from typing import Callable
 
 import numpy as np
@@ -104,6 +105,7 @@ def _convert_shard(job: tuple) -> dict:
              "global_layer_pixels": [0] * k}
     import tensorflow as tf  # imported in the worker only: it is slow to load
 
+    start = time.perf_counter()
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for source in sources:
@@ -130,6 +132,7 @@ def _convert_shard(job: tuple) -> dict:
             os.remove(tmp)
         raise
     stats["warnings"] = dict(warnings)
+    stats["seconds"] = time.perf_counter() - start
     _write_atomic(os.path.join(output, STATS_DIR, name + ".json"),
                   json.dumps(stats).encode())
     os.replace(tmp, path)
@@ -172,6 +175,7 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
         "occluded_instances": total["occluded_instances"],
         "occluded_fraction": total["occluded_instances"] / max(total["instances"], 1),
         "stuff_instances": total["stuff_instances"],
+        "shard_seconds": [round(float(s.get("seconds", 0.0)), 3) for s in shard_stats],
         "instance_layer_pixels": layer_pixels.tolist(),
         "global_layer_pixels": global_pixels.tolist(),
         "conflicts": {

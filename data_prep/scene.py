@@ -40,6 +40,7 @@ __all__ = [
     "decode_segmentation",
     "check_rle_size",
     "load_scene",
+    "column_major_masks",
     "ORDER_EVIDENCE_FRACTION",
     "ORDER_EVIDENCE_MIN_PIXELS",
 ]
@@ -120,8 +121,9 @@ class Scene:
       height, width: image size H, W in pixels.
       ann_ids: int64 [N] annotation ids.
       classes: int32 [N] contiguous class ids 1..C.
-      amodal: bool [N, H, W] amodal masks (non-empty).
-      visible: bool [N, H, W] visible masks, inside the amodal masks.
+      amodal: bool [N, H, W] amodal masks (non-empty), each [H, W] slice column-major
+        (``column_major_masks``).
+      visible: bool [N, H, W] visible masks, inside the amodal masks, same layout.
       order: int32 [N] strict depth rank 0..N-1, 0 = front.
       is_stuff: bool [N] COCOA stuff regions.
       boxes: float32 [N, 4] tight amodal boxes (y1, x1, y2, x2), pixel edges.
@@ -144,6 +146,16 @@ class Scene:
     @property
     def num_instances(self) -> int:
         return int(self.ann_ids.shape[0])
+
+
+def column_major_masks(n: int, height: int, width: int) -> np.ndarray:
+    """Uninitialized bool [N, H, W] whose [H, W] slices are column-major (Fortran order).
+
+    That is the layout of COCO RLE: pycocotools decodes into it and encodes from it without
+    transposing, which is a large share of the conversion time at full resolution.
+    NumPy operations are layout-agnostic; only ``reshape(n, -1)`` would copy.
+    """
+    return np.empty((n, width, height), bool).transpose(0, 2, 1)
 
 
 def _where(source: SceneSource, inst: InstanceSource) -> str:
@@ -198,9 +210,9 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
             mask = mask_utils.decode(rle)
         except Exception as err:  # pycocotools raises bare Exceptions on corrupt counts.
             raise DataError(f"{where}: undecodable RLE ({err})") from None
-        if mask.sum() > height * width:
+        if np.count_nonzero(mask) > height * width:
             raise DataError(f"{where}: RLE longer than the image")
-        return mask.astype(bool)
+        return mask.view(bool)  # decode yields fresh 0/1 uint8: a bool view, no copy
     if isinstance(segmentation, list):
         try:
             polys = [p for p in _polygons(segmentation) if len(p) >= 6]
@@ -215,23 +227,38 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
         if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
             warnings["polygon_clipped"] += 1
         rles = mask_utils.frPyObjects(polys, height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        return mask_utils.decode(mask_utils.merge(rles)).view(bool)
     raise DataError(f"{where}: segmentation must be a polygon list or an RLE dict, "
                     f"got {type(segmentation).__name__}")
 
 
-def _mask_evidence(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """bool [N, N]: i is seen on enough pixels where j is hidden (i is in front of j)."""
+def _pairwise(amodal: np.ndarray, visible: np.ndarray,
+              boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Overlaps and depth evidence of every pair, computed on box intersections only.
+
+    Returns:
+      overlap: bool [N, N], the amodal masks of i and j intersect (False on the diagonal).
+      front: bool [N, N], i is seen on enough pixels where j is hidden (i is in front of j).
+    """
     n = amodal.shape[0]
-    vis = visible.reshape(n, -1).astype(np.float32)
-    hidden = (amodal & ~visible).reshape(n, -1).astype(np.float32)
-    pixels = vis @ hidden.T
-    area = amodal.reshape(n, -1).sum(axis=1).astype(np.float32)
+    overlap = np.zeros((n, n), bool)
+    pixels = np.zeros((n, n), np.int64)
+    windows = boxes.astype(np.int64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            y1, x1 = np.maximum(windows[i, :2], windows[j, :2])
+            y2, x2 = np.minimum(windows[i, 2:], windows[j, 2:])
+            if y1 >= y2 or x1 >= x2:
+                continue
+            a_i, a_j = amodal[i, y1:y2, x1:x2], amodal[j, y1:y2, x1:x2]
+            v_i, v_j = visible[i, y1:y2, x1:x2], visible[j, y1:y2, x1:x2]
+            overlap[i, j] = overlap[j, i] = bool((a_i & a_j).any())
+            pixels[i, j] = np.count_nonzero(v_i & a_j & ~v_j)
+            pixels[j, i] = np.count_nonzero(v_j & a_i & ~v_i)
+    area = np.count_nonzero(amodal, axis=(1, 2))
     threshold = np.maximum(ORDER_EVIDENCE_MIN_PIXELS,
                            ORDER_EVIDENCE_FRACTION * np.minimum(area[:, None], area[None]))
-    front = pixels >= threshold
-    np.fill_diagonal(front, False)
-    return front
+    return overlap, pixels >= threshold
 
 
 def _strict_rank(order: np.ndarray) -> np.ndarray:
@@ -242,7 +269,8 @@ def _strict_rank(order: np.ndarray) -> np.ndarray:
 
 
 def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndarray,
-                   visible: np.ndarray, warnings: collections.Counter) -> np.ndarray:
+                   visible: np.ndarray, boxes: np.ndarray,
+                   warnings: collections.Counter) -> np.ndarray:
     """int32 [N] strict depth rank 0..N-1 (0 = front); see the module docstring."""
     n = amodal.shape[0]
     if n == 0:
@@ -258,13 +286,10 @@ def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndar
             elif not a < b:
                 warnings["depth_constraint_conflict"] += 1
                 consistent = False
-        overlap = amodal.reshape(n, -1).astype(np.float32)
-        overlap = (overlap @ overlap.T) > 0
-        np.fill_diagonal(overlap, False)
+        overlap, front = _pairwise(amodal, visible, boxes)
         if (overlap & (annotated[:, None] == annotated[None, :])).any():
             warnings["order_tie"] += 1
             consistent = False
-        front = _mask_evidence(amodal, visible)
         if (front & (annotated[:, None] > annotated[None, :])).any():
             warnings["order_contradicts_masks"] += 1
             consistent = False
@@ -297,7 +322,9 @@ def load_scene(source: SceneSource, class_count: int,
       DataError: on RLE of the wrong size, undecodable segmentations or bad class ids.
     """
     h, w = source.height, source.width
-    kept, amodals, visibles = [], [], []
+    kept = []
+    amodals = column_major_masks(len(source.instances), h, w)
+    visibles = column_major_masks(len(source.instances), h, w)
     for inst in source.instances:
         where = _where(source, inst)
         if not 1 <= inst.class_id <= class_count:
@@ -319,17 +346,18 @@ def load_scene(source: SceneSource, class_count: int,
         if (visible & ~amodal).any():
             warnings["visible_outside_amodal"] += 1
             visible = visible & amodal
+        amodals[len(kept)] = amodal
+        visibles[len(kept)] = visible
         kept.append(inst)
-        amodals.append(amodal)
-        visibles.append(visible)
     n = len(kept)
-    amodal = np.asarray(amodals, bool).reshape(n, h, w)
-    visible = np.asarray(visibles, bool).reshape(n, h, w)
-    order = _resolve_order(source, [inst.order for inst in kept], amodal, visible, warnings)
+    amodal, visible = amodals[:n], visibles[:n]
+    boxes = layering.masks_to_boxes(amodal)
+    order = _resolve_order(source, [inst.order for inst in kept], amodal, visible, boxes,
+                           warnings)
     if n == 0:
         warnings["image_without_instances"] += 1
-    area = amodal.reshape(n, h * w).sum(axis=1)
-    occlusion = 1.0 - visible.reshape(n, h * w).sum(axis=1) / np.maximum(area, 1)
+    area = np.count_nonzero(amodal, axis=(1, 2))
+    occlusion = 1.0 - np.count_nonzero(visible, axis=(1, 2)) / np.maximum(area, 1)
     return Scene(
         image_id=source.image_id,
         image_path=source.image_path,
@@ -341,6 +369,6 @@ def load_scene(source: SceneSource, class_count: int,
         visible=visible,
         order=order,
         is_stuff=np.asarray([inst.is_stuff for inst in kept], bool).reshape(n),
-        boxes=layering.masks_to_boxes(amodal),
+        boxes=boxes,
         occlusion=occlusion.astype(np.float32),
     )
