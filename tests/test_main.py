@@ -1,0 +1,91 @@
+"""Tests of the sln_jax.main CLI: config overrides, modes, the outputs of a whole run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sln_jax import main, train
+from tiny_dataset import REPO, TINY_CONFIG, load_tiny_config, make_tiny_dataset
+
+# ARCHITECTURE.md's flat metric names that every synthetic (COCO-format) evaluation writes.
+REQUIRED_METRICS = [
+    f"{kind}/{name}"
+    for kind in ("amodal", "modal")
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+] + [
+    "amodal/AR100_none",
+    "amodal/AR100_partial",
+    "amodal/AR100_heavy",
+    "occlusion/accuracy",
+    "occlusion/f1",
+    "order/accuracy",
+    "order/recall",
+    "order/pairs",
+]
+RESULT_KEYS = {"image_id", "category_id", "score", "bbox", "segmentation", "visible_mask", "occlude_rate", "depth_order"}
+
+
+def run_main(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "sln_jax.main", "--config", TINY_CONFIG, *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_unknown_mode_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="mode='bogus'"):
+        main.run(load_tiny_config(), str(tmp_path), "bogus")
+
+
+def test_evaluate_without_checkpoint_fails_clearly(tmp_path):
+    config = load_tiny_config()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*checkpoints: train first"):
+        main.run(config, str(tmp_path), "evaluate")
+
+
+def test_unknown_override_fails_naming_the_field(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--config.train.num_stepz=3", timeout=300)
+    assert result.returncode != 0
+    assert "num_stepz" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_writes_every_output(tmp_path):
+    records = make_tiny_dataset(str(tmp_path / "data"))
+    workdir = tmp_path / "workdir"
+    result = run_main(
+        f"--workdir={workdir}",
+        f"--config.data.dir={records}",
+        "--config.train.num_steps=2",
+        "--config.optim.learning_rate=0.001",
+        "--config.eval.num_pictures=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Overrides reached the run: recorded config, schedule length, checkpoint step.
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["num_steps"] == 2 and saved["optim"]["learning_rate"] == 0.001
+    assert saved["data"]["dir"] == records
+    checkpoint = train.load_checkpoint(str(workdir))
+    assert checkpoint["step"] == 2 and checkpoint["config"] == saved
+    assert "step 2/2" in result.stderr
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert set(REQUIRED_METRICS) <= set(metrics)
+    assert all(v == -1 or 0 <= v <= 1 for k, v in metrics.items() if k != "order/pairs")
+    results = json.loads((workdir / "results_val.json").read_text())
+    gt = json.loads((tmp_path / "data" / "raw" / "annotations" / "val.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {image["id"] for image in gt["images"]}
+    for entry in results:
+        assert RESULT_KEYS <= set(entry)
+    assert sorted(os.listdir(workdir / "pictures")) == ["val_00.png", "val_01.png"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    # A second invocation resumes at the end: it trains no step and evaluates again.
+    again = run_main(f"--workdir={workdir}", f"--config.data.dir={records}", "--config.train.num_steps=2",
+                     "--config.optim.learning_rate=0.001", "--mode=evaluate")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Evaluation at step 2" in again.stderr
+    assert json.loads((workdir / "metrics.json").read_text()) == metrics
