@@ -2,8 +2,9 @@
 
 Prints:
 * conversion images/s with 1 and 2 worker processes: wall clock of the whole run
-  (including worker start-up, which imports TensorFlow) and per worker from the time the
-  workers spent inside their shards;
+  (including worker start-up, which imports TensorFlow), per worker from the wall time the
+  workers spent inside their shards, and per CPU-second (independent of other load on a
+  shared machine);
 * pipeline images/s reading the records back (training stream: decode, resize, flip,
   normalize, pad, batch), at the synthetic config's image size and at 512.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -77,15 +77,16 @@ def main() -> None:
         for workers in (1, 2):
             seconds, meta = _convert(root, workers, shards=2 * workers, k=k, p=p)
             stats = meta["splits"]["train"]["statistics"]
-            shard_seconds = stats["shard_seconds"]
-            per_worker = stats["images"] / (sum(shard_seconds) / workers) / workers
-            print(f"convert, {workers} worker(s): {stats['images'] / seconds:6.1f} images/s "
-                  f"wall (incl. start-up), {per_worker:6.1f} images/s per worker in shards "
-                  f"({stats['instances'] / stats['images']:.1f} instances/image, "
-                  f"{sum(os.path.getsize(os.path.join(root, 'records_w1', f)) for f in meta['splits']['train']['files']) / stats['images'] / 1024:.0f} KiB/record)")
+            images = stats["images"]
+            in_shards = images / sum(stats["shard_seconds"])
+            cpu = images / sum(stats["shard_cpu_seconds"])
+            size = sum(os.path.getsize(os.path.join(root, f"records_w{workers}", name))
+                       for name in meta["splits"]["train"]["files"]) / images / 1024
+            print(f"convert, {workers} worker(s): {images / seconds:6.1f} images/s wall "
+                  f"(incl. start-up); per worker {in_shards:6.1f} images/s wall in shards, "
+                  f"{cpu:6.1f} images/s per CPU-second "
+                  f"({stats['instances'] / images:.1f} instances/image, {size:.0f} KiB/record)")
         records = os.path.join(root, "records_w1")
-        with open(os.path.join(records, "metadata.json")) as f:
-            json.load(f)
         for image_size, max_instances in ((128, 8), (512, 16)):
             rate = _pipeline(records, image_size, args.batch, args.steps, k, p, max_instances)
             print(f"pipeline, S={image_size}, M={max_instances}, batch {args.batch}: "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -105,7 +106,7 @@ def _convert_shard(job: tuple) -> dict:
              "global_layer_pixels": [0] * k}
     import tensorflow as tf  # imported in the worker only: it is slow to load
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     try:
         with tf.io.TFRecordWriter(tmp) as writer:
             for source in sources:
@@ -133,6 +134,7 @@ def _convert_shard(job: tuple) -> dict:
         raise
     stats["warnings"] = dict(warnings)
     stats["seconds"] = time.perf_counter() - start
+    stats["cpu_seconds"] = time.process_time() - start_cpu
     _write_atomic(os.path.join(output, STATS_DIR, name + ".json"),
                   json.dumps(stats).encode())
     os.replace(tmp, path)
@@ -176,6 +178,7 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
         "occluded_fraction": total["occluded_instances"] / max(total["instances"], 1),
         "stuff_instances": total["stuff_instances"],
         "shard_seconds": [round(float(s.get("seconds", 0.0)), 3) for s in shard_stats],
+        "shard_cpu_seconds": [round(float(s.get("cpu_seconds", 0.0)), 3) for s in shard_stats],
         "instance_layer_pixels": layer_pixels.tolist(),
         "global_layer_pixels": global_pixels.tolist(),
         "conflicts": {
@@ -189,11 +192,20 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
 def _update_metadata(output: str, settings: ConversionSettings, annotations: AnnotationSet,
                      files: list[str], counts: list[int], statistics: dict) -> dict:
     path = os.path.join(output, METADATA)
-    metadata = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            metadata = json.load(f)
-    common = {
+    # Conversions of several splits into one directory may run at once: merge under a lock.
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        metadata = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                metadata = json.load(f)
+        return _merge_metadata(path, metadata, settings, annotations, files, counts,
+                               statistics)
+
+
+def _common_metadata(settings: ConversionSettings, annotations: AnnotationSet) -> dict:
+    """The fields every split of one output directory shares."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "num_layers": settings.num_layers,
         "mask_target_size": settings.mask_target_size,
@@ -201,10 +213,24 @@ def _update_metadata(output: str, settings: ConversionSettings, annotations: Ann
         "classes": {str(k): v for k, v in annotations.classes.items()},
         "category_ids": {str(k): v for k, v in annotations.category_ids.items()},
     }
+
+
+def _check_metadata(path: str, metadata: dict, common: dict, split: str) -> None:
+    """DataError when the directory's other splits were made with other settings."""
+    if not set(metadata.get("splits", {})) - {split}:
+        return  # only this split (or none): it is being redone, its old fields go
     for key, value in common.items():
         if key in metadata and metadata[key] != value:
             raise DataError(f"{path}: {key} = {metadata[key]!r} from an earlier conversion "
-                            f"differs from {value!r}; use another --output or --overwrite")
+                            f"differs from {value!r}; convert every split of a directory "
+                            "with the same settings, or use another --output")
+
+
+def _merge_metadata(path: str, metadata: dict, settings: ConversionSettings,
+                    annotations: AnnotationSet, files: list[str], counts: list[int],
+                    statistics: dict) -> dict:
+    common = _common_metadata(settings, annotations)
+    _check_metadata(path, metadata, common, settings.split)
     metadata.update(common)
     metadata.setdefault("splits", {})[settings.split] = {
         "dataset": settings.dataset,
@@ -259,6 +285,11 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
         raise DataError(f"--num_shards must be >= 1, got {num_shards}")
     settings = ConversionSettings(dataset, os.path.abspath(annotations), split, num_layers,
                                   mask_target_size, num_shards)
+    metadata_path = os.path.join(output, METADATA)
+    if os.path.isfile(metadata_path):  # fail before writing anything that would not fit
+        with open(metadata_path) as f:
+            _check_metadata(metadata_path, json.load(f),
+                            _common_metadata(settings, annotation_set), split)
     os.makedirs(os.path.join(output, STATS_DIR), exist_ok=True)
     if overwrite:
         _remove_split(output, split)

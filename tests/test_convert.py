@@ -168,6 +168,11 @@ def test_split_from_file_name_and_metadata_merge(tmp_path, capsys):
     assert _run(other, images, output, "--split", "test") == 0
     with open(os.path.join(output, "metadata.json")) as f:
         assert sorted(json.load(f)["splits"]) == ["test", "val"]
+    # Another split with other settings would not fit the directory's metadata.
+    assert _run(other, images, output, "--split", "extra", "--num_layers", "6") == 1
+    assert "num_layers = 3 from an earlier conversion differs from 6" in (
+        capsys.readouterr().err)
+    assert not [n for n in os.listdir(output) if n.startswith("extra")]
 
 
 def test_cocoa_samples(tmp_path):
