@@ -333,40 +333,23 @@ def test_layer_map_pngs(tmp_path):
 
 # ------------------------------------------------------------------- end to end (trained)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = os.path.join(ROOT, "configs", "tiny_test.py")
 CANVASES = (64, 128)
-
-
-def _tiny_config():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_test_config", TINY_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(config, workdir, data root): the tiny config trained 2 steps on 64-px synthetic scenes."""
-    from data_prep import convert, synthetic
+    """(config, workdir, raw data root): the tiny config trained 2 steps on 64-px scenes.
+
+    The raw root holds ``images/{train,val}/*.png`` and ``annotations/{train,val}.json``.
+    """
     from sln_jax import train
+    from tiny_dataset import make_tiny_dataset, tiny_config
 
     root = tmp_path_factory.mktemp("infer_e2e")
-    scene = synthetic.SceneConfig(image_size=64)
-    metadata = None
-    for split, count in (("train", 4), ("val", 3)):
-        synthetic.write_split(str(root), split, count, 0, scene, progress=False)
-        metadata = convert.convert(
-            "synthetic", str(root / "annotations" / f"{split}.json"),
-            str(root / "images" / split), str(root / "records"), split=split,
-            num_layers=3, mask_target_size=14, progress=False)
-    config = _tiny_config()
-    config.data.dir = str(root / "records")
-    config.data.num_classes = config.model.num_classes = int(metadata["num_classes"])
+    config = tiny_config(make_tiny_dataset(str(root), num_train=4, num_val=3))
     config.train.num_steps = 2
     train.train(config, str(root / "workdir"), evaluate_every=False)
-    return config, root / "workdir", root
+    return config, root / "workdir", root / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -500,17 +483,16 @@ def test_checkpoint_of_another_model_is_refused(trained):
 def test_cli_writes_results_pictures_and_layers(trained, tmp_path):
     import subprocess
     import sys
+
+    from tiny_dataset import REPO, TINY_CONFIG
     config, workdir, root = trained
     command = [
         sys.executable, "-m", "sln_jax.infer", f"--config={TINY_CONFIG}",
-        f"--config.data.dir={config.data.dir}",
-        f"--config.data.num_classes={config.data.num_classes}",
-        f"--config.model.num_classes={config.model.num_classes}",
-        f"--checkpoint={workdir}", f"--images={root / 'images' / 'val' / '*.png'}",
+        f"--config.data.dir={config.data.dir}", f"--checkpoint={workdir}", f"--images={root / 'images' / 'val' / '*.png'}",
         f"--output={tmp_path}", "--layers", "--score_threshold=0",
         f"--annotations={root / 'annotations' / 'val.json'}",
     ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "3 images" in done.stdout and "0 unreadable" in done.stdout
     results = json.loads((tmp_path / "results.json").read_text())
