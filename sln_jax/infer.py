@@ -885,8 +885,10 @@ def _define_flags():
 def main(argv: Sequence[str]) -> None:
     """``python -m sln_jax.infer``: see the module docstring."""
     del argv
-    from absl import flags
+    from absl import flags, logging
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
     canvas_sizes = [int(s) for s in FLAGS.canvas_sizes] if FLAGS.canvas_sizes else None
     run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
         annotations=FLAGS.annotations, layers=FLAGS.layers,
