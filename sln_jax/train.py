@@ -371,16 +371,13 @@ def jit_eval_step(mesh: Mesh):
 
 
 def create_checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager in ``WORKDIR/checkpoints``: every N steps, keep the last k.
+    """An orbax CheckpointManager in ``WORKDIR/checkpoints`` keeping the last k checkpoints.
 
-    Orbax writes each step to a temporary directory and renames it when complete, so a crash
-    never leaves a half-written checkpoint that a restart would pick up.
+    The loop decides when to save (every ``checkpoint.every_steps`` and at the end). Orbax
+    writes each step to a temporary directory and renames it when complete, so a crash never
+    leaves a half-written checkpoint that a restart would pick up.
     """
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=int(checkpoint_config.every_steps),
-        max_to_keep=int(checkpoint_config.keep),
-        create=True,
-    )
+    options = ocp.CheckpointManagerOptions(max_to_keep=int(checkpoint_config.keep), create=True)
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
         options=options,
@@ -388,23 +385,19 @@ def create_checkpoint_manager(workdir: str, checkpoint_config) -> ocp.Checkpoint
     )
 
 
-def save_checkpoint(
-    manager: ocp.CheckpointManager, state: TrainState, config, *, force: bool = False
-) -> bool:
-    """Saves ``state`` (and the config as JSON) at ``state.step`` if due or ``force``.
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, config) -> None:
+    """Starts saving ``state`` (and the config as JSON) at step ``state.step``.
 
-    Returns:
-      True when a save was started (orbax finishes it asynchronously; call
-      ``manager.wait_until_finished()`` before exiting).
+    Orbax finishes the write in the background; ``manager.wait_until_finished()`` (or
+    ``close()``) waits for it.
     """
-    step = int(state.step)
-    return manager.save(
-        step,
+    manager.save(
+        int(state.step),
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             config=ocp.args.JsonSave(json.loads(config.to_json())),
         ),
-        force=force,
+        force=True,
     )
 
 
@@ -685,6 +678,7 @@ class Trainer:
         )
         writer = MetricWriter(workdir)
         log_every = int(config.train.log_every)
+        save_every = int(config.checkpoint.every_steps)
         eval_every = int(config.eval.every_steps) if evaluate_every else 0
         images_per_step = int(config.train.batch_size)
         history: list[dict[str, jax.Array]] = []
@@ -715,9 +709,9 @@ class Trainer:
                     writer.write_scalars(step, scalars)
                     logging.info("%s", _progress_line(step, self.num_steps, scalars))
                     history, timer_start, timed_steps = [], time.perf_counter(), 0
-                if manager.should_save(step) or is_last:
+                if step % save_every == 0 or is_last:
                     _check_finite(metrics, step, manager)
-                    save_checkpoint(manager, state, config, force=is_last)
+                    save_checkpoint(manager, state, config)
                 if eval_every and step % eval_every == 0 and step != self.num_steps:
                     val = self.evaluate_state(state)
                     writer.write_scalars(step, {f"val/{k}": v for k, v in val.metrics.items()})
