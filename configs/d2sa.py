@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone_width = 64  # used by resnet_tiny only
     config.model.norm = "frozen_bn"
     config.model.fpn_dim = 256
+    config.model.mask_head_dim = 256
     config.model.num_classes = config.data.num_classes
     config.model.num_layers = config.data.num_layers
     config.model.anchor_sizes = (32, 64, 128, 256, 512)
@@ -43,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.rpn_positive_fraction = 0.5
     config.model.roi_batch_per_image = 100
     config.model.roi_positive_fraction = 0.7
+    config.model.mask_rois_per_image = 64
     config.model.roi_positive_iou = 0.5
     config.model.box_pool_size = 7
     config.model.mask_pool_size = 16

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone_width = 4
     config.model.norm = "group_norm"
     config.model.fpn_dim = 8
+    config.model.mask_head_dim = 8
     config.model.num_classes = config.data.num_classes
     config.model.num_layers = config.data.num_layers
     config.model.anchor_sizes = (8, 16, 32, 64)
@@ -40,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.rpn_positive_fraction = 0.5
     config.model.roi_batch_per_image = 8
     config.model.roi_positive_fraction = 0.5
+    config.model.mask_rois_per_image = 4
     config.model.roi_positive_iou = 0.5
     config.model.box_pool_size = 7
     config.model.mask_pool_size = 7

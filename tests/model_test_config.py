@@ -18,6 +18,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.norm = "group_norm"
     cfg.backbone_width = 8
     cfg.fpn_dim = 16
+    cfg.mask_head_dim = 16
     cfg.num_classes = 3
     cfg.num_layers = 3
     cfg.anchor_sizes = (16, 32, 64, 128)
@@ -29,6 +30,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.rpn_positive_fraction = 0.5
     cfg.roi_batch_per_image = 16
     cfg.roi_positive_fraction = 0.5
+    cfg.mask_rois_per_image = 64
     cfg.roi_positive_iou = 0.5
     cfg.box_pool_size = 7
     cfg.mask_pool_size = 7

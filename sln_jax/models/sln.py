@@ -49,8 +49,10 @@ Config fields read (``config.model``):
   backbone: 'resnet_tiny' | 'resnet18' | 'resnet50' | 'resnet101'.
   norm: 'frozen_bn' | 'group_norm' (backbone normalization).
   backbone_width: base width of 'resnet_tiny' (the others use 64).
-  fpn_dim: FPN channels; also the RPN conv width and the layering-head conv width; the box
-    head's FC width is 4 * fpn_dim (1024 at the paper's 256).
+  fpn_dim: FPN channels; also the RPN conv width; the box head's FC width is 4 * fpn_dim
+    (1024 at the paper's 256).
+  mask_head_dim: layering-head conv width (256 in the paper; the head dominates the CPU
+    train step, so small configs shrink it).
   num_classes: C foreground classes (1..C; 0 = background).
   num_layers: K layer classes.
   anchor_sizes: one anchor side (pixels) per RPN level from P2 up: 5 sizes use P2..P6
@@ -62,6 +64,9 @@ Config fields read (``config.model``):
   rpn_nms_threshold: proposal NMS IoU (0.7).
   rpn_batch_per_image, rpn_positive_fraction: anchors sampled per image for the RPN loss.
   roi_batch_per_image, roi_positive_fraction, roi_positive_iou: ROI sampling for the heads.
+  mask_rois_per_image: Np, layering-head slots per image in training; positives beyond it
+    are not used by the layering losses (at most roi_batch_per_image * roi_positive_fraction
+    positives exist).
   box_pool_size: ROIAlign side of the box head (7).
   mask_pool_size: ROIAlign side of the layering head (R / 2).
   mask_size: R, the layering head's output side; must equal 2 * mask_pool_size.
@@ -99,8 +104,10 @@ GLM_STRIDE = 4
 
 
 def num_mask_rois(cfg: ml_collections.ConfigDict) -> int:
-    """Np: layering-head slots per image in training (the most positives sampling yields)."""
-    return max(1, int(round(cfg.roi_batch_per_image * cfg.roi_positive_fraction)))
+    """Np: layering-head slots per image in training (``mask_rois_per_image``, capped at the
+    most positives sampling yields)."""
+    most = max(1, int(round(cfg.roi_batch_per_image * cfg.roi_positive_fraction)))
+    return max(1, min(int(cfg.mask_rois_per_image), most))
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -162,7 +169,7 @@ class SLN(nn.Module):
                                                  name="glm")(pyramid)
         box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype, name="box_head")
         layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
-                                  cfg.class_agnostic_masks, cfg.fpn_dim, dtype=dtype,
+                                  cfg.class_agnostic_masks, cfg.mask_head_dim, dtype=dtype,
                                   name="layer_head")
 
         def run_layer_head(rois, classes):
