@@ -415,29 +415,38 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> Tra
 
 
 def load_checkpoint(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """Reads a checkpoint without a model: for inference and tools.
+    """Reads a checkpoint without a model, onto this process's first device: for inference.
+
+    Works whatever topology saved it (e.g. trained on 8 devices or 2 hosts, loaded on 1 CPU):
+    the arrays are restored with the shapes and dtypes recorded in the checkpoint.
 
     Args:
       workdir: the training workdir (checkpoints live in ``WORKDIR/checkpoints``).
       step: which step; default the latest.
 
     Returns:
-      ``{'step': int, 'params': pytree, 'batch_stats': pytree, 'config': dict}`` with numpy
-      / jax arrays as saved.
+      ``{'step': int, 'params': pytree, 'batch_stats': pytree, 'config': dict}`` with jax
+      arrays on ``jax.local_devices()[0]``.
 
     Raises:
       FileNotFoundError: when the workdir has no checkpoint.
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
     with ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_names=("state", "config")
+        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_handlers=handlers
     ) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}: train first (sln_jax.main)")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+            manager.item_metadata(step)["state"],
+        )
         restored = manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()),
         )
     state = restored["state"]
     return {
