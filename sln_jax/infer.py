@@ -649,7 +649,8 @@ def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
                model_config) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each detection's K layer maps and its sem-dist map at the image's resolution.
 
-    Head 'layers': the layer maps are the pasted per-layer probabilities sigmoid(logit_c)
+    Head 'layers': the layer maps are the pasted per-layer probabilities
+    (``postprocess.layer_probs``)
     and the sem-dist map is ``sln_jax.semdist.encode`` of the decoded layers. Head 'semdist':
     the sem-dist map is the pasted regression and the layer maps are the decoded layers
     (1 on layer c, 0 elsewhere).
@@ -666,6 +667,7 @@ def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
       [0, K + 1)).
     """
     from sln_jax import layering, semdist
+    from sln_jax.models import postprocess
 
     k = int(model_config.num_layers)
     height, width = int(orig_size[0]), int(orig_size[1])
@@ -678,9 +680,8 @@ def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
     maps = []
     for index, (detection, instance) in enumerate(zip(detections, instances)):
         if model_config.head == "layers":
-            # The sigmoid of postprocess, in float32, so the maps decode to its instances.
-            logits = np.asarray(outputs["layer_logits"][detection], np.float32)
-            probs = 0.5 * (1.0 + np.tanh(0.5 * logits))
+            # The probabilities postprocess decodes, so the maps decode to its instances.
+            probs = postprocess.layer_probs(outputs["layer_logits"][detection])
             layer_probs = layering.paste(probs[None], boxes[index][None], (height, width))[0]
             layer_probs = np.moveaxis(layer_probs, -1, 0)
             sem = semdist.encode(instance["layers"][None], k)[0]

@@ -86,16 +86,16 @@ def _reference(out: dict) -> dict:
     terms["box_cls"], terms["box_reg"] = ce / n_s, reg / max(n_p, 1)
     rois = [(b, r) for b in range(B) for r in range(NP) if o["mask_valid"][b, r]]
     if "layer_logits" in o:
-        bce, amodal = [], []
+        ce, amodal = [], []
         for b, r in rois:
             z = _np(o["layer_logits"][b, r])
             t = o["layer_targets"][b, r]
-            one_hot = (t[..., None] == np.arange(K)).astype(np.float64)
-            bce.append(-(one_hot * _log_sigmoid(z) + (1 - one_hot) * _log_sigmoid(-z))
-                       .mean(axis=-1))
-            p_amodal = 1 - np.prod(1 - 1 / (1 + np.exp(-z)), axis=-1)
+            full = np.concatenate([np.zeros(z.shape[:-1] + (1,)), z], axis=-1)
+            logp = full - np.log(np.exp(full).sum(-1, keepdims=True))
+            ce.append(-np.take_along_axis(logp, (t + 1)[..., None], -1)[..., 0])
+            p_amodal = 1 - np.exp(logp[..., 0])
             amodal.append(-np.where(t >= 0, np.log(p_amodal), np.log(1 - p_amodal)))
-        terms["layers"] = np.mean(bce)
+        terms["layers"] = np.mean(ce)
         terms["amodal"] = np.mean(amodal)
     else:
         terms["semdist"] = np.mean([_smooth_l1(_np(o["semdist"][b, r])
@@ -169,25 +169,30 @@ def test_smooth_l1_values():
 
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.float32, (5, 3), elements=st.floats(-60, 60, width=32)))
-def test_amodal_log_probs_match_noisy_or_and_have_finite_gradients(logits):
+def test_amodal_log_probs_are_one_minus_softmax_background(logits):
     log_amodal, log_background = losses.amodal_log_probs(jnp.asarray(logits))
-    z = logits.astype(np.float64)
-    log_bg = np.sum(_log_sigmoid(-z), axis=-1)
+    z = np.concatenate([np.zeros((5, 1)), logits.astype(np.float64)], axis=-1)
+    log_bg = -np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) - z.max(-1)
     np.testing.assert_allclose(np.asarray(log_background), log_bg, rtol=1e-5, atol=1e-5)
-    expected = np.log(-np.expm1(np.minimum(log_bg, -1e-7)))
-    np.testing.assert_allclose(np.asarray(log_amodal), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.exp(np.asarray(log_amodal)) + np.exp(log_bg), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(losses.layer_log_probs(jnp.asarray(logits)))[:, 0],
+                               log_bg, rtol=1e-5, atol=1e-5)
     grads = jax.grad(lambda x: jnp.sum(losses.amodal_log_probs(x)[0]
                                        + losses.amodal_log_probs(x)[1]))(jnp.asarray(logits))
     assert np.isfinite(np.asarray(grads)).all()
 
 
-def test_amodal_loss_agrees_with_layer_targets():
-    """A confident, correct layer prediction also gives a small amodal loss (the noisy-OR
-    is consistent with the per-layer targets; a sum of logits would not be)."""
+def test_amodal_and_layer_losses_agree_on_a_correct_prediction():
+    """A confident, correct layer prediction gives small layer and amodal losses alike
+    (the amodal term is the background-vs-object split of the same softmax)."""
     targets = np.array([-1, 0, 1, 2])
     logits = np.where(np.arange(K)[None] == targets[:, None], 8.0, -8.0).astype(np.float32)
     log_amodal, log_background = losses.amodal_log_probs(jnp.asarray(logits))
     nll = np.where(targets >= 0, -np.asarray(log_amodal), -np.asarray(log_background))
     assert nll.max() < 2e-3
-    sum_of_logits = logits.sum(-1)  # -8 on every object pixel: its BCE would be ~8
-    assert np.all(-_log_sigmoid(sum_of_logits[targets >= 0].astype(np.float64)) > 7)
+    logp = np.asarray(losses.layer_log_probs(jnp.asarray(logits)))
+    assert np.all(-logp[np.arange(4), targets + 1] < 2e-3)
+    # A hidden pixel predicted as visible costs the layer term, not the amodal one.
+    wrong = np.array([[8.0, -8.0, -8.0]], np.float32)
+    assert -float(losses.layer_log_probs(jnp.asarray(wrong))[0, 2]) > 10
+    assert -float(losses.amodal_log_probs(jnp.asarray(wrong))[0][0]) < 1e-3

@@ -23,10 +23,19 @@ def _layer_logits(channel_map: np.ndarray) -> np.ndarray:
     return np.where(np.arange(K) == channel_map[..., None], 12.0, -12.0).astype(np.float32)
 
 
-def test_decode_layer_probs_noisy_or_and_argmax():
-    probs = np.array([[0.1, 0.1, 0.1], [0.6, 0.2, 0.1], [0.3, 0.35, 0.1], [0.2, 0.1, 0.7]])
+def test_layer_probs_softmax_with_background_logit_zero():
+    z = np.array([[0.0, 0.0, 0.0], [2.0, -1.0, 0.5], [-30.0, -30.0, -30.0], [80.0, 0.0, 1.0]])
+    p = postprocess.layer_probs(z)
+    full = np.exp(np.concatenate([np.zeros((4, 1)), z], -1) - np.array([[0], [2], [0], [80]]))
+    expected = (full / full.sum(-1, keepdims=True))[:, 1:]
+    np.testing.assert_allclose(p, expected, rtol=1e-5, atol=1e-7)
+    assert np.isfinite(p).all() and (p.sum(-1) <= 1 + 1e-6).all()
+
+
+def test_decode_layer_probs_sum_and_argmax():
+    probs = np.array([[0.1, 0.1, 0.1], [0.6, 0.2, 0.1], [0.2, 0.25, 0.1], [0.2, 0.1, 0.6]])
     out = postprocess.decode_layer_probs(probs)
-    # 1 - 0.9^3 = 0.271 (background); 1 - .4*.8*.9 = .712; 1 - .7*.65*.9 = .5905; .784
+    # P(amodal) = sum: 0.3 (background), 0.9, 0.55, 0.9.
     np.testing.assert_array_equal(out["amodal"], [False, True, True, True])
     np.testing.assert_array_equal(out["layers"], [-1, 0, 1, 2])
     np.testing.assert_array_equal(out["visible"], [False, True, False, False])

@@ -4,9 +4,10 @@
 axis removed), maps the boxes from the canvas to the original image, pastes every ROI's
 prediction back at the original resolution (``sln_jax.layering.paste``) and decodes it:
 
-* head 'layers': pasted per-layer probabilities p_c = sigmoid(z_c); amodal mask
-  ``1 - prod_c (1 - p_c) > 0.5`` (the same noisy-OR the amodal loss trains, see
-  ``sln_jax.losses``); on the amodal mask the layer is ``argmax_c p_c``; visible = layer 0.
+* head 'layers': pasted per-layer probabilities p_c = softmax(0, z_0..z_K-1)[c + 1] (the
+  background has the fixed logit 0, as ``sln_jax.losses`` trains); amodal mask
+  ``sum_c p_c > 0.5`` (= 1 - P(background)); on the amodal mask the layer is
+  ``argmax_c p_c``; visible = layer 0. Outside its box a detection's pasted p_c are 0.
 * head 'semdist': the pasted sem-dist map decoded by ``sln_jax.semdist.decode``.
 
 Then the occlusion rate (1 - visible area / amodal area) and the depth order between
@@ -22,25 +23,36 @@ from pycocotools import mask as mask_utils
 
 from sln_jax import layering, semdist
 
-__all__ = ["to_instances", "to_coco_results", "decode_layer_probs", "encode_rle"]
+__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs", "encode_rle"]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+def layer_probs(layer_logits: np.ndarray) -> np.ndarray:
+    """Per-layer probabilities of the layering head.
+
+    Args:
+      layer_logits: float [..., K] logits (background has the fixed logit 0).
+
+    Returns:
+      float32 [..., K] p_c = P(layer c), summing to 1 - P(background) <= 1.
+    """
+    z = np.asarray(layer_logits, np.float32)
+    top = np.maximum(z.max(axis=-1, keepdims=True), 0.0)
+    e = np.exp(z - top)
+    return (e / (np.exp(-top) + e.sum(axis=-1, keepdims=True))).astype(np.float32)
 
 
 def decode_layer_probs(probs: np.ndarray) -> dict[str, np.ndarray]:
     """Masks and layers from per-layer probabilities.
 
     Args:
-      probs: float [..., K] probabilities sigmoid(layer logits).
+      probs: float [..., K] ``layer_probs`` (possibly pasted / interpolated).
 
     Returns:
-      dict: ``amodal`` bool [...] (noisy-OR > 0.5), ``layers`` int32 [...] (argmax channel on
+      dict: ``amodal`` bool [...] (sum_c p_c > 0.5), ``layers`` int32 [...] (argmax channel on
       the amodal mask, -1 elsewhere), ``visible`` bool [...] (layer 0).
     """
     probs = np.asarray(probs, np.float32)
-    amodal = 1.0 - np.prod(1.0 - probs, axis=-1) > 0.5
+    amodal = probs.sum(axis=-1) > 0.5
     layers = np.where(amodal, np.argmax(probs, axis=-1), -1).astype(np.int32)
     return {"amodal": amodal, "layers": layers, "visible": layers == 0}
 
@@ -94,7 +106,7 @@ def to_instances(outputs: dict, image_size, orig_size,
     if config.head == "layers":
         if "layer_logits" not in outputs:
             raise ValueError("to_instances: head 'layers' needs outputs['layer_logits']")
-        roi_maps = _sigmoid(np.asarray(outputs["layer_logits"], np.float32))
+        roi_maps = layer_probs(outputs["layer_logits"])
     elif config.head == "semdist":
         if "semdist" not in outputs:
             raise ValueError("to_instances: head 'semdist' needs outputs['semdist']")

@@ -5,8 +5,9 @@
   ``[1 + num_classes, 4]`` coded with ``sln_jax.ops.boxes.encode`` (weights 10, 10, 5, 5).
 * ``LayeringHead``: multi-level ROIAlign (``mask_pool_size`` = R/2) of the FPN, concatenated
   with the ROIAligned GLM probabilities (when given) -> four 3x3 convs + ReLU -> 2x2 stride-2
-  transposed conv + ReLU -> 1x1 conv to R x R outputs per ROI:
-  head 'layers': K layer logits (channel c = {min(L, K-1) == c}, per-channel sigmoid);
+  transposed conv (as 1x1 conv + depth-to-space) + ReLU -> 1x1 conv to R x R outputs per ROI:
+  head 'layers': K layer logits (channel c = {min(L, K-1) == c}; a softmax with a fixed
+  background logit 0, see ``sln_jax.losses``);
   head 'semdist': one sem-dist regression map (``sln_jax.semdist`` encoding, in [0, K+1)).
   Per class (the channel set of the ROI's class is selected) or class-agnostic.
   The convs carry no normalization: BatchNorm in training mode would need batch statistics
