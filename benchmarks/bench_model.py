@@ -36,7 +36,8 @@ def paper_model_config(backbone: str) -> ml_collections.ConfigDict:
         num_layers=4, anchor_sizes=(32, 64, 128, 256, 512), anchor_ratios=(0.5, 1.0, 2.0),
         rpn_pre_nms_topk=2000, rpn_post_nms_topk=1000, rpn_nms_threshold=0.7,
         rpn_batch_per_image=256, rpn_positive_fraction=0.5, roi_batch_per_image=100,
-        roi_positive_fraction=0.7, roi_positive_iou=0.5, box_pool_size=7, mask_pool_size=16,
+        roi_positive_fraction=0.7, roi_positive_iou=0.5, mask_rois_per_image=64,
+        mask_head_dim=256, box_pool_size=7, mask_pool_size=16,
         mask_size=32, head="layers", class_agnostic_masks=True, glm=True, glm_dim=256,
         score_threshold=0.7, nms_threshold=0.3, max_detections=100, dtype="float32"))
 
