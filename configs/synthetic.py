@@ -63,9 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.class_agnostic_masks = True
     config.model.glm = True
     config.model.glm_dim = 32
-    config.model.score_threshold = 0.3
+    config.model.score_threshold = 0.05  # COCO-style evaluation keeps low scores
     config.model.nms_threshold = 0.5
-    config.model.max_detections = 16
+    config.model.max_detections = 32
     config.model.dtype = "float32"
 
     config.loss = ml_collections.ConfigDict()
@@ -79,9 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.glm = 0.5
 
     config.train = ml_collections.ConfigDict()
-    config.train.num_steps = 1500
+    config.train.num_steps = 600
     config.train.batch_size = 8
-    config.train.log_every = 50
+    config.train.log_every = 25
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"
@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.b2 = 0.999
     config.optim.weight_decay = 1e-4
     config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 100
+    config.optim.warmup_steps = 50
     config.optim.warmup_factor = 0.01
     config.optim.decay_at = (0.67, 0.89)
     config.optim.decay_factor = 0.1
@@ -105,6 +105,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.num_pictures = 4
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = 250
+    config.checkpoint.every_steps = 200
     config.checkpoint.keep = 2
     return config
