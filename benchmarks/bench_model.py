@@ -55,7 +55,8 @@ class Backbone(nn.Module):
 
 
 def loss_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({name: 1.0 for name in losses.TERMS})
+    return ml_collections.ConfigDict({**{name: 1.0 for name in losses.TERMS},
+                                      "occluded_pixel_weight": 1.0})
 
 
 def random_batch(batch: int, size: int, num_layers: int, max_instances: int = 8,

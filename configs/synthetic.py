@@ -1,7 +1,8 @@
 """Default config: the built-in synthetic dataset on CPU (2 cores, ~10 minutes end to end).
 
-Small ResNet, 128-px images, K = 4 layers. Run:
-  python -m sln_jax.main --config configs/synthetic.py --workdir workdir/synthetic
+Small ResNet, 128-px images, K = 4 layers. The whole job (generate + convert the data, train,
+evaluate) is ``python -m sln_jax.demo --workdir DIR``; on already converted records:
+  python -m sln_jax.main --config configs/synthetic.py --workdir DIR --config.data.dir=RECORDS
 """
 
 import ml_collections
@@ -77,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.amodal = 1.0
     config.loss.semdist = 1.0
     config.loss.glm = 0.5
+    config.loss.occluded_pixel_weight = 4.0  # layers CE weight of hidden pixels
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 600

@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.amodal = 1.0
     config.loss.semdist = 1.0
     config.loss.glm = 0.5
+    config.loss.occluded_pixel_weight = 4.0  # layers CE weight of hidden pixels
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 4

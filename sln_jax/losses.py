@@ -13,7 +13,9 @@ Terms (each normalized so that padding and unsampled entries never contribute):
 * ``layers`` (head 'layers'): per-pixel softmax cross-entropy over background + the K layer
   channels, where background has a fixed logit 0 (so the K outputs stay the K layer maps of
   ``docs/interfaces.md``); target = layer + 1, 0 outside the amodal mask; mean over pixels of
-  positive ROIs. The layers of a pixel are mutually exclusive, which the softmax encodes.
+  positive ROIs, pixels whose target layer is >= 1 (hidden) weighted by
+  ``occluded_pixel_weight``. The layers of a pixel are mutually exclusive, which the softmax
+  encodes.
 * ``amodal`` (head 'layers'): binary cross-entropy of P(amodal) = 1 - P(background) =
   ``sigmoid(logsumexp_c z_c)`` against the amodal mask: the reference's "sigmoid of the summed
   object-layer logits" with the sum taken in probability space, consistent with ``layers``.
@@ -27,8 +29,8 @@ Terms (each normalized so that padding and unsampled entries never contribute):
   inside the image content (canvas padding ignored).
 
 Loss config fields (``config.loss``): rpn_cls, rpn_box, box_cls, box_reg, layers, amodal,
-semdist, glm (weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
-are not reported).
+semdist, glm (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
+are not reported) and occluded_pixel_weight (see ``layers``).
 """
 
 from __future__ import annotations
@@ -97,14 +99,17 @@ def _box_terms(outputs: dict) -> dict:
     return {"box_cls": _masked_mean(ce, valid), "box_reg": _masked_mean(reg, positive)}
 
 
-def _layer_terms(outputs: dict) -> dict:
+def _layer_terms(outputs: dict, occluded_pixel_weight: float) -> dict:
     logits = outputs["layer_logits"]  # [B, Np, R, R, K]
     targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
     roi_mask = outputs["mask_valid"][:, :, None, None]
     log_probs = layer_log_probs(logits)
     ce = -jnp.take_along_axis(log_probs, (targets + 1)[..., None], axis=-1)[..., 0]
     pixel_mask = jnp.broadcast_to(roi_mask, targets.shape)
-    layers = _masked_mean(ce, pixel_mask)
+    # Hidden pixels are a few percent of ROI pixels; weighting them keeps the head from
+    # settling on "visible wherever the object is".
+    weight = pixel_mask * jnp.where(targets >= 1, occluded_pixel_weight, 1.0)
+    layers = jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
     log_amodal, log_background = amodal_log_probs(logits)
     amodal = targets >= 0
     amodal_ce = -jnp.where(amodal, log_amodal, log_background)
@@ -139,7 +144,7 @@ def compute(outputs: dict, loss_config: ml_collections.ConfigDict
     terms.update(_rpn_terms(outputs))
     terms.update(_box_terms(outputs))
     if "layer_logits" in outputs:
-        terms.update(_layer_terms(outputs))
+        terms.update(_layer_terms(outputs, float(loss_config.occluded_pixel_weight)))
     if "semdist" in outputs:
         terms.update(_semdist_terms(outputs))
     if "global_logits" in outputs:

@@ -50,7 +50,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def loss_config(**overrides) -> ml_collections.ConfigDict:
     """``config.loss`` with every weight 1."""
     cfg = ml_collections.ConfigDict({name: 1.0 for name in (
-        "rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm")})
+        "rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm",
+        "occluded_pixel_weight")})
     cfg.update(overrides)
     return cfg
 

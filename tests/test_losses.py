@@ -54,7 +54,7 @@ def _smooth_l1(x, beta):
     return np.where(np.abs(x) < beta, 0.5 * x ** 2 / beta, np.abs(x) - 0.5 * beta)
 
 
-def _reference(out: dict) -> dict:
+def _reference(out: dict, occluded_weight: float = 1.0) -> dict:
     """Per-term loss with explicit loops over every counted element."""
     o = {k: np.asarray(v) for k, v in out.items()}
     terms = {}
@@ -86,16 +86,17 @@ def _reference(out: dict) -> dict:
     terms["box_cls"], terms["box_reg"] = ce / n_s, reg / max(n_p, 1)
     rois = [(b, r) for b in range(B) for r in range(NP) if o["mask_valid"][b, r]]
     if "layer_logits" in o:
-        ce, amodal = [], []
+        ce, amodal, weights = [], [], []
         for b, r in rois:
             z = _np(o["layer_logits"][b, r])
             t = o["layer_targets"][b, r]
             full = np.concatenate([np.zeros(z.shape[:-1] + (1,)), z], axis=-1)
             logp = full - np.log(np.exp(full).sum(-1, keepdims=True))
             ce.append(-np.take_along_axis(logp, (t + 1)[..., None], -1)[..., 0])
+            weights.append(np.where(t >= 1, occluded_weight, 1.0))
             p_amodal = 1 - np.exp(logp[..., 0])
             amodal.append(-np.where(t >= 0, np.log(p_amodal), np.log(1 - p_amodal)))
-        terms["layers"] = np.mean(ce)
+        terms["layers"] = np.sum(np.multiply(ce, weights)) / np.sum(weights)
         terms["amodal"] = np.mean(amodal)
     else:
         terms["semdist"] = np.mean([_smooth_l1(_np(o["semdist"][b, r])
@@ -113,9 +114,9 @@ def _reference(out: dict) -> dict:
 def test_terms_equal_numpy_reference(head, seed):
     out = _outputs(seed, head)
     weights = loss_config(rpn_cls=0.5, rpn_box=2.0, box_cls=1.5, box_reg=0.25, layers=3.0,
-                          amodal=0.7, semdist=1.2, glm=0.1)
+                          amodal=0.7, semdist=1.2, glm=0.1, occluded_pixel_weight=4.0)
     total, metrics = jax.jit(lambda o: losses.compute(o, weights))(out)
-    expected = _reference(out)
+    expected = _reference(out, occluded_weight=4.0)
     assert set(metrics) == {f"loss/{k}" for k in expected} | {"loss/total"}
     for name, value in expected.items():
         np.testing.assert_allclose(float(metrics[f"loss/{name}"]), value, rtol=2e-5,
