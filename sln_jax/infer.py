@@ -599,8 +599,21 @@ def _render_graph(order: np.ndarray, height: int, width: int, caption: str) -> n
     return np.ascontiguousarray(pixels)
 
 
+PICTURE_MIN_SCORE = 0.5
+
+
+def _confident(instances: Sequence[dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
+    """The instances scoring >= min_score, their depth_order re-indexed to the kept list."""
+    keep = [i for i, d in enumerate(instances) if float(d["score"]) >= min_score]
+    new_index = {old: new for new, old in enumerate(keep)}
+    return [dict(instances[i], depth_order={
+        new_index[int(j)]: v for j, v in instances[i]["depth_order"].items()
+        if int(j) in new_index}) for i in keep]
+
+
 def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
-                 class_names: dict[int, str] | None = None) -> np.ndarray:
+                 class_names: dict[int, str] | None = None,
+                 min_score: float = PICTURE_MIN_SCORE) -> np.ndarray:
     """The picture of one image's detections, for a person to read.
 
     Left: the image (enlarged when small, shrunk when huge; ``picture_size``) with each
@@ -613,12 +626,17 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
       instances: the detections of ``Predictor.predict`` (``amodal``, ``visible`` bool
         [H, W], ``category_id``, ``score``, ``depth_order``).
       class_names: category id -> name (ids are shown otherwise).
+      min_score: only detections scoring at least this are drawn (results files keep the
+        low-scoring ones that COCO AP needs; a picture of them is unreadable). Tags and the
+        graph number the drawn detections 0, 1, ...
 
     Returns:
-      uint8 [picture height, picture width, 3] RGB, sizes from ``picture_size(H, W, N)``.
+      uint8 [picture height, picture width, 3] RGB, sizes from ``picture_size(H, W, N)``
+      with N the number drawn.
     """
     from sln_jax import visualize
 
+    instances = _confident(instances, min_score)
     height, width = image.shape[:2]
     total_h, total_w, drawn_h, drawn_w = picture_size(height, width, len(instances))
     names = [(class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
@@ -634,7 +652,8 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
                                      labels=names, scores=scores)
     picture = np.full((total_h, total_w, 3), 255, np.uint8)
     picture[:drawn_h, :drawn_w] = drawn
-    caption = (f"{len(instances)} detections\nfill: visible part, hatched: occluded part,\n"
+    caption = (f"{len(instances)} detections with score >= {min_score:g}\n"
+               "fill: visible part, hatched: occluded part,\n"
                "outline: amodal mask")
     picture[:, drawn_w:] = _render_graph(depth_order_matrix(instances), total_h,
                                          total_w - drawn_w, caption)
@@ -756,7 +775,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         output_dir: str | os.PathLike, *, annotations: str | None = None,
         layers: bool = False, score_threshold: float | None = None,
         canvas_sizes: Sequence[int] | None = None, batch_size: int = 1,
-        pictures: bool = True, progress: bool = True,
+        pictures: bool = True, picture_min_score: float = PICTURE_MIN_SCORE,
+        progress: bool = True,
         predictor: Predictor | None = None) -> dict[str, Any]:
     """Runs inference on image files and writes results, pictures and layer maps.
 
@@ -771,6 +791,7 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
       score_threshold: overrides ``config.model.score_threshold``.
       canvas_sizes, batch_size: see ``Predictor``.
       pictures: write one picture per image.
+      picture_min_score: the pictures show detections scoring at least this.
       progress: show a tqdm progress bar.
       predictor: reuse an existing predictor (then checkpoint_dir, score_threshold,
         canvas_sizes and batch_size are not used).
@@ -811,7 +832,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
             results.extend(postprocess.to_coco_results(instances, image_id))
             if pictures:
                 write_png_atomic(output_dir / "pictures" / f"{name}.png",
-                                 draw_picture(image, instances, class_names))
+                                 draw_picture(image, instances, class_names,
+                                              picture_min_score))
             if layers:
                 _write_layer_maps(output_dir / "layers" / name, outputs, size,
                                   image.shape[:2], instances, predictor.config.model)
@@ -875,6 +897,8 @@ def _define_flags():
                         "COCO-style GT JSON: take image ids from it by file name.")
     flags.DEFINE_bool("layers", False, "Also write each detection's layer and sem-dist maps.")
     flags.DEFINE_bool("pictures", True, "Write one picture per image.")
+    flags.DEFINE_float("picture_min_score", PICTURE_MIN_SCORE,
+                       "Pictures show detections scoring at least this.")
     flags.DEFINE_float("score_threshold", None, "Overrides config.model.score_threshold.")
     flags.DEFINE_list("canvas_sizes", None,
                       "Canvas sides, multiples of 64 (default: S, 1.5 S, 2 S).")
@@ -894,7 +918,8 @@ def main(argv: Sequence[str]) -> None:
     run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
         annotations=FLAGS.annotations, layers=FLAGS.layers,
         score_threshold=FLAGS.score_threshold, canvas_sizes=canvas_sizes,
-        batch_size=FLAGS.batch_size, pictures=FLAGS.pictures)
+        batch_size=FLAGS.batch_size, pictures=FLAGS.pictures,
+        picture_min_score=FLAGS.picture_min_score)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,33 @@ def test_draw_picture_without_and_with_detections():
         assert (np.abs(panel - color).sum(1) < 10).sum() > 50
 
 
+def test_draw_picture_shows_only_confident_detections():
+    image = _random_rgb(48, 64, seed=6)
+    amodal = np.zeros((3, 48, 64), bool)
+    amodal[0, 5:30, 5:30] = True
+    amodal[1, 20:45, 20:60] = True
+    amodal[2, 0:10, 40:60] = True
+    instances = [
+        {"amodal": amodal[0], "visible": amodal[0], "category_id": 1, "score": 0.9,
+         "depth_order": {1: 1, 2: 1}},
+        {"amodal": amodal[1], "visible": amodal[1], "category_id": 1, "score": 0.1,
+         "depth_order": {0: -1}},
+        {"amodal": amodal[2], "visible": amodal[2], "category_id": 2, "score": 0.6,
+         "depth_order": {0: -1}},
+    ]
+    kept = infer._confident(instances, 0.5)
+    assert [d["score"] for d in kept] == [0.9, 0.6]
+    assert kept[0]["depth_order"] == {1: 1} and kept[1]["depth_order"] == {0: -1}
+    assert instances[0]["depth_order"] == {1: 1, 2: 1}  # inputs are not modified
+    picture = infer.draw_picture(image, instances, min_score=0.5)
+    assert picture.shape[:2] == infer.picture_size(48, 64, 2)[:2]
+    factor = infer.picture_size(48, 64, 2)[2] // 48
+    dh, dw = 48 * factor, 64 * factor
+    reference = infer.draw_picture(image, [])[:dh, :dw]
+    only_low = np.repeat(np.repeat(amodal[1] & ~amodal[0], factor, 0), factor, 1)
+    np.testing.assert_array_equal(picture[:dh, :dw][only_low], reference[only_low])
+
+
 # ------------------------------------------------------------------------ layer maps
 
 
