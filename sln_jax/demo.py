@@ -100,7 +100,10 @@ def main(argv: list[str]) -> None:
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "
                              "`synthetic` section (see configs/synthetic.py)")
+    from sln_jax import train
+
     logging.set_verbosity(logging.INFO)
+    train.quiet_library_logs()
     os.makedirs(FLAGS.workdir, exist_ok=True)
     run(FLAGS.config, FLAGS.workdir)
 
