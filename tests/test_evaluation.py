@@ -425,11 +425,8 @@ def test_rle_validation_matches_reference_parser(seed, cut, char):
 # ----------------------------------------------------------------------- real COCOA
 
 def _cocoa_dir():
-    here = os.path.join(os.path.dirname(__file__), "fixtures", "cocoa_samples")
-    for d in (here, "/work/shared/data/cocoa_samples"):
-        if os.path.exists(os.path.join(d, "1.json")):
-            return d
-    pytest.skip("COCOA samples not available")
+    # The five real samples ship with the tests; a missing copy must fail, not skip.
+    return os.path.join(os.path.dirname(__file__), "fixtures", "cocoa_samples")
 
 
 def test_real_cocoa_samples_perfect_detections_score_one():
