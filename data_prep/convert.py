@@ -1,6 +1,6 @@
 """CLI: annotation file + images -> sharded TFRecords with precomputed layering targets.
 
-    python -m data_prep.convert --dataset {synthetic,cocoa,cocoa_cls,d2sa} \\
+    python -m data_prep.convert --dataset {synthetic,cocoa,cocoa_cls,d2sa,kins} \\
         --annotations FILE --images DIR --output DIR [--num_shards N] [--workers W] \\
         [--num_layers K] [--split NAME] [--mask_target_size P] [--overwrite]
 
@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from data_prep import cocoa, d2sa
+from data_prep import cocoa, d2sa, kins
 from data_prep.images import read_image
 from data_prep.records import SCHEMA_VERSION, serialize
 from data_prep.scene import AnnotationSet, DataError, SceneSource, load_scene
@@ -47,6 +47,7 @@ READERS: dict[str, Callable[[str, str], AnnotationSet]] = {
     "d2sa": d2sa.read,
     "cocoa": cocoa.read,
     "cocoa_cls": cocoa.read_cls,
+    "kins": kins.read,
 }
 
 DEFAULT_NUM_SHARDS = 8
