@@ -72,8 +72,6 @@ def main() -> None:
                               progress=False)
         print(f"generated {args.images} synthetic 512x512 scenes in "
               f"{time.perf_counter() - start:.1f} s")
-        import tensorflow  # noqa: F401  (the 1-worker run converts in this process)
-
         for workers in (1, 2):
             seconds, meta = _convert(root, workers, shards=2 * workers, k=k, p=p)
             stats = meta["splits"]["train"]["statistics"]

@@ -53,8 +53,26 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), np.uint8)
 
 
+def _check_complete(image: Image.Image) -> None:
+    """Raise if the file behind an opened image is truncated or corrupt.
+
+    Decoding every pixel of a 512 x 512 PNG costs about 8 ms, more than the rest of its
+    conversion; cheaper checks catch the same damage: a PNG's chunk CRCs and end marker are
+    checked without inflating the pixels (``verify``), and a JPEG's entropy-coded scan is
+    decoded in full at 1/8 scale (DCT scaling, about 40 % of a full decode). Other formats
+    are decoded fully.
+    """
+    if image.format == "PNG":
+        image.verify()
+    elif image.format == "JPEG":
+        image.draft("RGB", (max(image.size[0] // 8, 1), max(image.size[1] // 8, 1)))
+        image.load()
+    else:
+        image.load()
+
+
 def read_image(path: str, image_id: int, height: int, width: int) -> EncodedImage:
-    """Read and fully decode an image file, converting it to 8-bit RGB when needed.
+    """Read and check an image file, converting it to 8-bit RGB when needed.
 
     Args:
       path: image file.
@@ -66,7 +84,7 @@ def read_image(path: str, image_id: int, height: int, width: int) -> EncodedImag
 
     Raises:
       DataError: one line naming the file and image id when the file is missing,
-        unreadable, truncated, or of another size than annotated.
+        unreadable, truncated, corrupt, or of another size than annotated.
     """
     where = f"{path} (image {image_id})"
     try:
@@ -78,25 +96,31 @@ def read_image(path: str, image_id: int, height: int, width: int) -> EncodedImag
         raise DataError(f"{where}: cannot read image ({err.strerror})") from None
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()  # full decode: catches truncated files now, not in training
+        size, mode, file_format = image.size, image.mode, image.format
+        _check_complete(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{where}: unreadable or truncated image ({err})") from None
-    if image.size != (width, height):
-        raise DataError(f"{where}: image is {image.size[1]}x{image.size[0]} but the "
+    if size != (width, height):
+        raise DataError(f"{where}: image is {size[1]}x{size[0]} but the "
                         f"annotations say {height}x{width}")
     # PNG IHDR byte 24 is the bit depth; PIL may report a 16-bit RGB PNG as plain "RGB".
-    sixteen_bit_png = image.format == "PNG" and len(data) > 24 and data[24] == 16
-    if image.format in ("JPEG", "PNG") and image.mode == "RGB" and not sixteen_bit_png:
-        return EncodedImage(data, image.format.lower(), height, width, None)
-    if sixteen_bit_png and image.mode == "RGB":
+    sixteen_bit_png = file_format == "PNG" and len(data) > 24 and data[24] == 16
+    if file_format in ("JPEG", "PNG") and mode == "RGB" and not sixteen_bit_png:
+        return EncodedImage(data, file_format.lower(), height, width, None)
+    if sixteen_bit_png and mode == "RGB":
         bgr16 = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         rgb = cv2.cvtColor(np.round(bgr16[:, :, :3] / 257.0).astype(np.uint8),
                            cv2.COLOR_BGR2RGB)
     else:
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"{where}: unreadable or truncated image ({err})") from None
         rgb = _to_rgb8(image)
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DataError(f"{where}: could not re-encode the image as PNG")
-    mode = f"{image.mode}16" if sixteen_bit_png and image.mode == "RGB" else image.mode
-    return EncodedImage(png.tobytes(), "png", height, width, f"{mode}/{image.format}")
+    mode = f"{mode}16" if sixteen_bit_png and mode == "RGB" else mode
+    return EncodedImage(png.tobytes(), "png", height, width, f"{mode}/{file_format}")

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from data_prep import tfrecord
 from data_prep.images import EncodedImage
 from data_prep.scene import Scene
 from data_prep.targets import Targets
@@ -42,8 +43,11 @@ __all__ = ["SCHEMA_VERSION", "encode_png", "serialize", "parse", "parse_tf"]
 
 SCHEMA_VERSION = 1
 
-# cv2 PNG level 1: most of the size gain of deflate at a fraction of the time.
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# Level 1, no row filter, run-length deflate: layer maps are runs of a few values, and
+# this is 4x faster than OpenCV's default filtering with smaller files (0.8 vs 3.3 ms and
+# 4.5 vs 7.9 KB for a 512 x 512 global layering map).
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -58,12 +62,6 @@ def _decode_png(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def _rle_counts(masks: np.ndarray) -> list[bytes]:
-    """Compressed COCO RLE counts of bool [N, H, W] masks (fastest with column-major
-    slices, see ``data_prep.scene.column_major_masks``)."""
-    return [mask_utils.encode(np.asfortranarray(m).view(np.uint8))["counts"] for m in masks]
-
-
 def _train():
     # Imported lazily: importing tensorflow is slow and only record I/O needs it.
     import tensorflow as tf
@@ -73,6 +71,10 @@ def _train():
 def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
     """A serialized tf.train.Example for one scene (schema in the module docstring).
 
+    Written by ``data_prep.tfrecord`` (no TensorFlow import), byte-identical to
+    TensorFlow's deterministic serialization, so reruns and any worker count write
+    identical shards.
+
     Args:
       scene: decoded scene (N instances).
       image: the image bytes to store.
@@ -81,46 +83,31 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
     Returns:
       bytes of a tf.train.Example.
     """
-    pb = _train()
     n = scene.num_instances
-
-    def ints(values):
-        return pb.Feature(int64_list=pb.Int64List(value=[int(v) for v in values]))
-
-    def floats(values):
-        return pb.Feature(float_list=pb.FloatList(value=np.asarray(values, np.float32)
-                                                  .reshape(-1).tolist()))
-
-    def strings(values):
-        return pb.Feature(bytes_list=pb.BytesList(value=list(values)))
-
     p = targets.layer_crops.shape[-1]
-    feature = {
+    ints, floats, strings = tfrecord.Int64Feature, tfrecord.FloatFeature, tfrecord.BytesFeature
+    return tfrecord.example({
         "schema_version": ints([SCHEMA_VERSION]),
         "image/encoded": strings([image.data]),
         "image/format": strings([image.format.encode()]),
         "image/id": ints([scene.image_id]),
         "image/height": ints([scene.height]),
         "image/width": ints([scene.width]),
-        "instance/ann_id": ints(scene.ann_ids),
-        "instance/boxes": floats(scene.boxes),
-        "instance/classes": ints(scene.classes),
-        "instance/order": ints(scene.order),
-        "instance/occlusion": floats(scene.occlusion),
-        "instance/area": ints(np.count_nonzero(scene.amodal, axis=(1, 2))),
-        "instance/is_stuff": ints(scene.is_stuff),
-        "instance/amodal_rle": strings(_rle_counts(scene.amodal)),
-        "instance/visible_rle": strings(_rle_counts(scene.visible)),
+        "instance/ann_id": ints(scene.ann_ids.tolist()),
+        "instance/boxes": floats(scene.boxes.reshape(-1).tolist()),
+        "instance/classes": ints(scene.classes.tolist()),
+        "instance/order": ints(scene.order.tolist()),
+        "instance/occlusion": floats(scene.occlusion.tolist()),
+        "instance/area": ints(scene.areas().tolist()),
+        "instance/is_stuff": ints(scene.is_stuff.astype(np.int64).tolist()),
+        "instance/amodal_rle": strings(scene.amodal_rle_counts()),
+        "instance/visible_rle": strings(scene.visible_rle_counts()),
         "targets/global_layers": strings([encode_png(targets.global_layers)]),
         "targets/layers": strings([encode_png(targets.layer_crops.reshape(n * p, p))
                                    if n else b""]),
         "targets/semdist": strings([encode_png(targets.semdist_crops.reshape(n * p, p))
                                     if n else b""]),
-    }
-    # deterministic: map order must not depend on the process's hash seed, so reruns and
-    # any worker count write identical shards.
-    return pb.Example(features=pb.Features(feature=feature)).SerializeToString(
-        deterministic=True)
+    })
 
 
 def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:

@@ -27,8 +27,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
+from data_prep import rle
 from sln_jax import layering
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "decode_segmentation",
     "check_rle_size",
     "load_scene",
-    "column_major_masks",
     "ORDER_EVIDENCE_FRACTION",
     "ORDER_EVIDENCE_MIN_PIXELS",
 ]
@@ -121,13 +119,16 @@ class Scene:
       height, width: image size H, W in pixels.
       ann_ids: int64 [N] annotation ids.
       classes: int32 [N] contiguous class ids 1..C.
-      amodal: bool [N, H, W] amodal masks (non-empty), each [H, W] slice column-major
-        (``column_major_masks``).
+      amodal: bool [N, H, W] amodal masks (non-empty); ``load_scene`` makes each [H, W]
+        slice column-major, the layout of COCO RLE (NumPy operations are layout-agnostic).
       visible: bool [N, H, W] visible masks, inside the amodal masks, same layout.
       order: int32 [N] strict depth rank 0..N-1, 0 = front.
       is_stuff: bool [N] COCOA stuff regions.
       boxes: float32 [N, 4] tight amodal boxes (y1, x1, y2, x2), pixel edges.
       occlusion: float32 [N] occlusion rate 1 - |visible| / |amodal|.
+      amodal_rle, visible_rle: optional [N] compressed COCO RLE counts of the masks, kept
+        from the annotations so the records need not re-encode them.
+      area: optional int64 [N] amodal areas.
     """
 
     image_id: int
@@ -142,20 +143,31 @@ class Scene:
     is_stuff: np.ndarray
     boxes: np.ndarray
     occlusion: np.ndarray
+    amodal_rle: list[bytes] | None = None
+    visible_rle: list[bytes] | None = None
+    area: np.ndarray | None = None
 
     @property
     def num_instances(self) -> int:
         return int(self.ann_ids.shape[0])
 
+    def areas(self) -> np.ndarray:
+        """int64 [N] amodal mask areas (``area`` when set, else counted)."""
+        if self.area is not None:
+            return np.asarray(self.area, np.int64)
+        return np.count_nonzero(self.amodal, axis=(1, 2)).astype(np.int64)
 
-def column_major_masks(n: int, height: int, width: int) -> np.ndarray:
-    """Uninitialized bool [N, H, W] whose [H, W] slices are column-major (Fortran order).
+    def amodal_rle_counts(self) -> list[bytes]:
+        """[N] compressed COCO RLE counts of the amodal masks (``amodal_rle`` when set)."""
+        if self.amodal_rle is not None:
+            return list(self.amodal_rle)
+        return [rle.encode(m) for m in self.amodal]
 
-    That is the layout of COCO RLE: pycocotools decodes into it and encodes from it without
-    transposing, which is a large share of the conversion time at full resolution.
-    NumPy operations are layout-agnostic; only ``reshape(n, -1)`` would copy.
-    """
-    return np.empty((n, width, height), bool).transpose(0, 2, 1)
+    def visible_rle_counts(self) -> list[bytes]:
+        """[N] compressed COCO RLE counts of the visible masks (``visible_rle`` when set)."""
+        if self.visible_rle is not None:
+            return list(self.visible_rle)
+        return [rle.encode(m) for m in self.visible]
 
 
 def _where(source: SceneSource, inst: InstanceSource) -> str:
@@ -174,11 +186,16 @@ def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
                             f"[{height}, {width}]")
 
 
-def _polygons(segmentation: list) -> list[list[float]]:
-    """A flat polygon or a list of polygons as a list of flat float lists."""
-    if segmentation and not isinstance(segmentation[0], (list, tuple)):
-        segmentation = [segmentation]
-    return [[float(v) for v in poly] for poly in segmentation]
+def _compress(segmentation: Any, height: int, width: int, where: str,
+              warnings: collections.Counter) -> tuple[bytes, np.ndarray]:
+    """Compressed RLE counts and checked run lengths of a segmentation (DataError on bad
+    input)."""
+    check_rle_size(segmentation, height, width, where)
+    try:
+        compressed = rle.compress(segmentation, height, width, warnings)
+        return compressed, rle.counts(compressed, height, width)
+    except rle.RleError as err:
+        raise DataError(f"{where}: {err}") from None
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
@@ -194,46 +211,17 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
         the image (the rasterization clips it).
 
     Returns:
-      bool [height, width].
+      bool [height, width] (column-major).
+
+    Raises:
+      DataError: on a wrong RLE size, malformed polygons or corrupt counts.
     """
-    if isinstance(segmentation, dict):
-        check_rle_size(segmentation, height, width, where)
-        counts = segmentation.get("counts")
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = {"size": [height, width],
-                   "counts": counts.encode() if isinstance(counts, str) else counts}
-        else:
-            raise DataError(f"{where}: RLE 'counts' must be a string or a list")
-        try:
-            mask = mask_utils.decode(rle)
-        except Exception as err:  # pycocotools raises bare Exceptions on corrupt counts.
-            raise DataError(f"{where}: undecodable RLE ({err})") from None
-        if np.count_nonzero(mask) > height * width:
-            raise DataError(f"{where}: RLE longer than the image")
-        return mask.view(bool)  # decode yields fresh 0/1 uint8: a bool view, no copy
-    if isinstance(segmentation, list):
-        try:
-            polys = [p for p in _polygons(segmentation) if len(p) >= 6]
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: polygon coordinates must be numbers") from None
-        if any(len(p) % 2 for p in polys):
-            raise DataError(f"{where}: polygon with an odd number of coordinates")
-        if not polys:
-            return np.zeros((height, width), bool)
-        coords = np.concatenate([np.asarray(p) for p in polys])
-        xs, ys = coords[0::2], coords[1::2]
-        if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
-            warnings["polygon_clipped"] += 1
-        rles = mask_utils.frPyObjects(polys, height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).view(bool)
-    raise DataError(f"{where}: segmentation must be a polygon list or an RLE dict, "
-                    f"got {type(segmentation).__name__}")
+    _, runs = _compress(segmentation, height, width, where, warnings)
+    return rle.decode(runs, height, width)
 
 
-def _pairwise(amodal: np.ndarray, visible: np.ndarray,
-              boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pairwise(amodal: np.ndarray, visible: np.ndarray, boxes: np.ndarray,
+              area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Overlaps and depth evidence of every pair, computed on box intersections only.
 
     Returns:
@@ -255,7 +243,6 @@ def _pairwise(amodal: np.ndarray, visible: np.ndarray,
             overlap[i, j] = overlap[j, i] = bool((a_i & a_j).any())
             pixels[i, j] = np.count_nonzero(v_i & a_j & ~v_j)
             pixels[j, i] = np.count_nonzero(v_j & a_i & ~v_i)
-    area = np.count_nonzero(amodal, axis=(1, 2))
     threshold = np.maximum(ORDER_EVIDENCE_MIN_PIXELS,
                            ORDER_EVIDENCE_FRACTION * np.minimum(area[:, None], area[None]))
     return overlap, pixels >= threshold
@@ -269,7 +256,7 @@ def _strict_rank(order: np.ndarray) -> np.ndarray:
 
 
 def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndarray,
-                   visible: np.ndarray, boxes: np.ndarray,
+                   visible: np.ndarray, boxes: np.ndarray, area: np.ndarray,
                    warnings: collections.Counter) -> np.ndarray:
     """int32 [N] strict depth rank 0..N-1 (0 = front); see the module docstring."""
     n = amodal.shape[0]
@@ -286,7 +273,7 @@ def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndar
             elif not a < b:
                 warnings["depth_constraint_conflict"] += 1
                 consistent = False
-        overlap, front = _pairwise(amodal, visible, boxes)
+        overlap, front = _pairwise(amodal, visible, boxes, area)
         if (overlap & (annotated[:, None] == annotated[None, :])).any():
             warnings["order_tie"] += 1
             consistent = False
@@ -322,42 +309,62 @@ def load_scene(source: SceneSource, class_count: int,
       DataError: on RLE of the wrong size, undecodable segmentations or bad class ids.
     """
     h, w = source.height, source.width
-    kept = []
-    amodals = column_major_masks(len(source.instances), h, w)
-    visibles = column_major_masks(len(source.instances), h, w)
+    m = len(source.instances)
+    # [M, W, H] C-order = [M, H, W] with column-major slices, the layout of COCO RLE.
+    amodal_store = np.zeros((m, w, h), bool)
+    visible_store = np.zeros((m, w, h), bool)
+    kept, amodal_rles, visible_rles, areas, visible_areas, boxes = [], [], [], [], [], []
     for inst in source.instances:
         where = _where(source, inst)
         if not 1 <= inst.class_id <= class_count:
             raise DataError(f"{where}: class id {inst.class_id} outside 1..{class_count}")
-        amodal = decode_segmentation(inst.amodal, h, w, where, warnings)
+        amodal_rle, runs = _compress(inst.amodal, h, w, where, warnings)
         if inst.bbox is not None:
             x, y, bw, bh = inst.bbox
             if x < -0.5 or y < -0.5 or x + bw > w + 0.5 or y + bh > h + 0.5:
                 warnings["box_clipped"] += 1
-        if not amodal.any():
+        area = rle.area(runs)
+        if area == 0:
             warnings["empty_amodal_skipped"] += 1
             continue
+        slot = len(kept)
+        rle.decode_into(runs, amodal_store[slot].reshape(-1))
+        amodal, visible = amodal_store[slot].T, visible_store[slot].T
+        box = rle.box(runs, h)
+        window = (slice(box[0], box[2]), slice(box[1], box[3]))
         if inst.visible is not None:
-            visible = decode_segmentation(inst.visible, h, w, where, warnings)
+            visible_rle, visible_runs = _compress(inst.visible, h, w, where, warnings)
+            rle.decode_into(visible_runs, visible_store[slot].reshape(-1))
+            visible_area = rle.area(visible_runs)
+            # Inside the amodal mask iff every visible pixel is in its intersection with it.
+            if np.count_nonzero(visible[window] & amodal[window]) < visible_area:
+                warnings["visible_outside_amodal"] += 1
+                visible[...] = visible & amodal
+                visible_rle = rle.encode(visible)
+                visible_area = int(np.count_nonzero(visible[window]))
         elif inst.invisible is not None:
-            visible = amodal & ~decode_segmentation(inst.invisible, h, w, where, warnings)
+            _, hidden_runs = _compress(inst.invisible, h, w, where, warnings)
+            visible[...] = amodal & ~rle.decode(hidden_runs, h, w)
+            visible_rle = rle.encode(visible)
+            visible_area = int(np.count_nonzero(visible))
         else:
-            visible = amodal
-        if (visible & ~amodal).any():
-            warnings["visible_outside_amodal"] += 1
-            visible = visible & amodal
-        amodals[len(kept)] = amodal
-        visibles[len(kept)] = visible
+            rle.decode_into(runs, visible_store[slot].reshape(-1))
+            visible_rle, visible_area = amodal_rle, area
         kept.append(inst)
+        amodal_rles.append(amodal_rle)
+        visible_rles.append(visible_rle)
+        areas.append(area)
+        visible_areas.append(visible_area)
+        boxes.append(box)
     n = len(kept)
-    amodal, visible = amodals[:n], visibles[:n]
-    boxes = layering.masks_to_boxes(amodal)
+    amodal, visible = amodal_store[:n].transpose(0, 2, 1), visible_store[:n].transpose(0, 2, 1)
+    area = np.asarray(areas, np.int64).reshape(n)
+    boxes = np.asarray(boxes, np.float32).reshape(n, 4)
     order = _resolve_order(source, [inst.order for inst in kept], amodal, visible, boxes,
-                           warnings)
+                           area, warnings)
     if n == 0:
         warnings["image_without_instances"] += 1
-    area = np.count_nonzero(amodal, axis=(1, 2))
-    occlusion = 1.0 - np.count_nonzero(visible, axis=(1, 2)) / np.maximum(area, 1)
+    occlusion = 1.0 - np.asarray(visible_areas, np.float64).reshape(n) / np.maximum(area, 1)
     return Scene(
         image_id=source.image_id,
         image_path=source.image_path,
@@ -371,4 +378,7 @@ def load_scene(source: SceneSource, class_count: int,
         is_stuff=np.asarray([inst.is_stuff for inst in kept], bool).reshape(n),
         boxes=boxes,
         occlusion=occlusion.astype(np.float32),
+        amodal_rle=amodal_rles,
+        visible_rle=visible_rles,
+        area=area,
     )

@@ -82,40 +82,42 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
         empty = np.zeros((0, p, p), np.uint8)
         return Targets(np.zeros((h, w), np.uint8), empty, empty.copy(),
                        np.zeros((k,), np.int64))
-    amodal, visible, rank = scene.amodal, scene.visible, scene.order
+    amodal, visible = scene.amodal, scene.visible
     # Everything is computed on each instance's box grown by one pixel (clipped to the
     # image): the bilinear crop reads at most one pixel beyond the box, so the result equals
     # the full-image computation at a fraction of the cost.
     boxes = scene.boxes.astype(np.int64)
     windows = np.concatenate([np.maximum(boxes[:, :2] - 1, 0),
                               np.minimum(boxes[:, 2:] + 1, [h, w])], axis=1)
-    coverage = np.zeros((h, w), np.int32)
-    layer_crops = np.empty((n, p, p), np.uint8)
-    semdist_crops = np.empty((n, p, p), np.uint8)
-    layer_pixels = np.zeros((k,), np.int64)
+    sizes = windows[:, 2:] - windows[:, :2]
+    # The windows, padded to a common size, so that encoding and cropping are single calls.
+    layers = np.full((n, int(sizes[:, 0].max()), int(sizes[:, 1].max())), -1, np.int32)
+    ahead = np.zeros((h, w), np.int32)  # how many instances nearer than the current one
     conflicts = 0
-    for i in range(n):
+    for i in np.argsort(scene.order, kind="stable"):  # front to back
         y1, x1, y2, x2 = windows[i]
         own = amodal[i, y1:y2, x1:x2]
-        coverage[y1:y2, x1:x2] += own
-        in_front = np.zeros(own.shape, np.int32)
-        for j in np.flatnonzero(rank < rank[i]):
-            in_front += amodal[j, y1:y2, x1:x2]
+        in_front = ahead[y1:y2, x1:x2]
         seen = visible[i, y1:y2, x1:x2]
         disagree = np.count_nonzero(own & ((in_front == 0) != seen))
         conflicts += disagree > max(CONFLICT_MIN_PIXELS, CONFLICT_FRACTION * np.count_nonzero(own))
-        layer = np.where(seen, 0, np.where(in_front == 0, 1, np.minimum(in_front, k - 1)))
-        layer = np.where(own, layer, -1).astype(np.int32)[None]
-        layer_pixels += np.bincount(layer[layer >= 0], minlength=k)
-        box = (scene.boxes[i] - np.array([y1, x1, y1, x1], np.float32))[None]
-        layer_crops[i] = layering.crop_to_boxes(layer, box, p, method="nearest",
-                                                fill=-1)[0] + 1
-        semdist_crops[i] = quantize_semdist(layering.crop_to_boxes(
-            semdist.encode(layer, k), box, p, method="bilinear", fill=0)[0], k)
+        hidden = np.clip(in_front, 1, k - 1)
+        layers[i, :y2 - y1, :x2 - x1] = np.where(own, np.where(seen, 0, hidden), -1)
+        in_front += own
+    semdist_maps = semdist.encode(layers, k)
+    # Bilinear sampling clamps at the image edge: where a window was cut by the bottom or
+    # right image edge, extend its last row / column over the padding as the image would.
+    for i in np.flatnonzero((windows[:, 2] == h) | (windows[:, 3] == w)):
+        wh, ww = sizes[i]
+        semdist_maps[i, wh:, :ww] = semdist_maps[i, wh - 1, :ww]
+        semdist_maps[i, :, ww:] = semdist_maps[i, :, ww - 1:ww]
+    relative = scene.boxes - np.tile(windows[:, :2], 2).astype(np.float32)
     warnings["visible_layer_conflict"] += int(conflicts)
     return Targets(
-        global_layers=np.minimum(coverage, k - 1).astype(np.uint8),
-        layer_crops=layer_crops,
-        semdist_crops=semdist_crops,
-        layer_pixels=layer_pixels,
+        global_layers=np.minimum(ahead, k - 1).astype(np.uint8),
+        layer_crops=(layering.crop_to_boxes(layers, relative, p, method="nearest", fill=-1)
+                     + 1).astype(np.uint8),
+        semdist_crops=quantize_semdist(layering.crop_to_boxes(
+            semdist_maps, relative, p, method="bilinear", fill=0), k),
+        layer_pixels=np.bincount(layers[layers >= 0], minlength=k).astype(np.int64),
     )

@@ -31,16 +31,19 @@ MAX_FRACTION = np.float32(1.0 - 2.0 ** -10)
 
 
 def _level_distance(region: np.ndarray) -> np.ndarray:
-    """float32 [h, w] distance term in [0, MAX_FRACTION] inside ``region``, 0 outside."""
+    """float32 [h, w] distance term in [0, MAX_FRACTION] inside bool ``region``, 0 outside."""
     # A zero border makes the image edge count as a region border, as it is a border of
     # what the map describes.
-    padded = np.pad(region.astype(np.uint8), 1)
+    padded = cv2.copyMakeBorder(region.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT,
+                                value=0)
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     peak = float(dist.max())
     if peak <= 0:
         return np.zeros(region.shape, np.float32)
-    frac = np.clip((dist - 1.0) / peak, 0.0, MAX_FRACTION)
-    return np.where(region, frac, 0.0).astype(np.float32)
+    # The transform is 0 outside the region, so the clip also zeroes the outside.
+    dist -= 1.0
+    np.divide(dist, peak, out=dist)
+    return np.clip(dist, 0.0, MAX_FRACTION, out=dist)
 
 
 def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.ndarray:
@@ -74,10 +77,9 @@ def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.nda
         rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         crop = clipped[i][window]
-        frac = np.zeros(crop.shape, np.float32)
-        for level in np.unique(crop[crop >= 0]):
-            frac += _level_distance(crop == level)
-        semdist[i][window] += frac
+        present = np.bincount(crop.ravel() + 1, minlength=num_levels + 1)[1:]
+        for level in np.flatnonzero(present):
+            semdist[i][window] += _level_distance(crop == level)
     return semdist
 
 

@@ -83,3 +83,34 @@ def test_size_mismatch(tmp_path):
     Image.fromarray(RGB).save(path)
     with pytest.raises(DataError, match="image is 6x8 but the annotations say 8x6"):
         read_image(str(path), 1, 8, 6)
+
+
+def test_truncated_png(tmp_path):
+    path = tmp_path / "t.png"
+    big = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(DataError, match=r"t.png \(image 5\): unreadable or truncated image"):
+        read_image(str(path), 5, 64, 64)
+
+
+def test_corrupt_png_data_is_caught_without_decoding(tmp_path):
+    path = tmp_path / "c.png"
+    big = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the pixel data: the chunk CRC no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="unreadable or truncated image"):
+        read_image(str(path), 6, 64, 64)
+
+
+def test_corrupt_jpeg_scan(tmp_path):
+    path = tmp_path / "c.jpg"
+    big = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(path, format="JPEG")
+    data = path.read_bytes()
+    eoi = data.rindex(b"\xff\xd9")
+    path.write_bytes(data[:eoi // 2])  # scan cut in the middle, no end marker
+    with pytest.raises(DataError, match="unreadable or truncated image"):
+        read_image(str(path), 7, 64, 64)
