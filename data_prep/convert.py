@@ -32,6 +32,7 @@ import sys
 import time
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from data_prep import cocoa, d2sa, kins, tfrecord
@@ -106,6 +107,10 @@ def _convert_shard(job: tuple) -> dict:
              "stuff_instances": 0, "instance_layer_pixels": [0] * k,
              "global_layer_pixels": [0] * k}
     start, start_cpu = time.perf_counter(), time.process_time()
+    # Parallelism comes from the worker processes; OpenCV's own threads only spin (measured:
+    # 10-15 % more CPU per image).
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         with tfrecord.TFRecordWriter(tmp) as writer:
             for source in sources:
@@ -132,6 +137,8 @@ def _convert_shard(job: tuple) -> dict:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    finally:
+        cv2.setNumThreads(cv2_threads)
     stats["warnings"] = dict(warnings)
     stats["seconds"] = time.perf_counter() - start
     stats["cpu_seconds"] = time.process_time() - start_cpu

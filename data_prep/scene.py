@@ -198,6 +198,12 @@ def _compress(segmentation: Any, height: int, width: int, where: str,
         raise DataError(f"{where}: {err}") from None
 
 
+def _same_rle(a: Any, b: Any) -> bool:
+    """Both segmentations are RLE dicts with the same size and compressed counts."""
+    return (isinstance(a, dict) and isinstance(b, dict) and isinstance(a.get("counts"), str)
+            and a.get("counts") == b.get("counts") and a.get("size") == b.get("size"))
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
                         warnings: collections.Counter) -> np.ndarray:
     """Rasterize a COCO segmentation.
@@ -232,17 +238,16 @@ def _pairwise(amodal: np.ndarray, visible: np.ndarray, boxes: np.ndarray,
     overlap = np.zeros((n, n), bool)
     pixels = np.zeros((n, n), np.int64)
     windows = boxes.astype(np.int64)
-    for i in range(n):
-        for j in range(i + 1, n):
-            y1, x1 = np.maximum(windows[i, :2], windows[j, :2])
-            y2, x2 = np.minimum(windows[i, 2:], windows[j, 2:])
-            if y1 >= y2 or x1 >= x2:
-                continue
-            a_i, a_j = amodal[i, y1:y2, x1:x2], amodal[j, y1:y2, x1:x2]
-            v_i, v_j = visible[i, y1:y2, x1:x2], visible[j, y1:y2, x1:x2]
-            overlap[i, j] = overlap[j, i] = bool((a_i & a_j).any())
-            pixels[i, j] = np.count_nonzero(v_i & a_j & ~v_j)
-            pixels[j, i] = np.count_nonzero(v_j & a_i & ~v_i)
+    lo = np.maximum(windows[:, None, :2], windows[None, :, :2])  # [N, N, 2] intersections
+    hi = np.minimum(windows[:, None, 2:], windows[None, :, 2:])
+    meet = (lo < hi).all(axis=-1)
+    for i, j in zip(*np.nonzero(np.triu(meet, 1))):
+        (y1, x1), (y2, x2) = lo[i, j], hi[i, j]
+        a_i, a_j = amodal[i, y1:y2, x1:x2], amodal[j, y1:y2, x1:x2]
+        v_i, v_j = visible[i, y1:y2, x1:x2], visible[j, y1:y2, x1:x2]
+        overlap[i, j] = overlap[j, i] = bool((a_i & a_j).any())
+        pixels[i, j] = np.count_nonzero(v_i & a_j & ~v_j)
+        pixels[j, i] = np.count_nonzero(v_j & a_i & ~v_i)
     threshold = np.maximum(ORDER_EVIDENCE_MIN_PIXELS,
                            ORDER_EVIDENCE_FRACTION * np.minimum(area[:, None], area[None]))
     return overlap, pixels >= threshold
@@ -332,7 +337,11 @@ def load_scene(source: SceneSource, class_count: int,
         amodal, visible = amodal_store[slot].T, visible_store[slot].T
         box = rle.box(runs, h)
         window = (slice(box[0], box[2]), slice(box[1], box[3]))
-        if inst.visible is not None:
+        if inst.visible is not None and _same_rle(inst.visible, inst.amodal):
+            # Unoccluded instances often store the amodal RLE again as the visible one.
+            rle.decode_into(runs, visible_store[slot].reshape(-1))
+            visible_rle, visible_area = amodal_rle, area
+        elif inst.visible is not None:
             visible_rle, visible_runs = _compress(inst.visible, h, w, where, warnings)
             rle.decode_into(visible_runs, visible_store[slot].reshape(-1))
             visible_area = rle.area(visible_runs)

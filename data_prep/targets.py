@@ -91,8 +91,10 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
                               np.minimum(boxes[:, 2:] + 1, [h, w])], axis=1)
     sizes = windows[:, 2:] - windows[:, :2]
     # The windows, padded to a common size, so that encoding and cropping are single calls.
-    layers = np.full((n, int(sizes[:, 0].max()), int(sizes[:, 1].max())), -1, np.int32)
-    ahead = np.zeros((h, w), np.int32)  # how many instances nearer than the current one
+    layers = np.full((n, int(sizes[:, 0].max()), int(sizes[:, 1].max())), -1, np.int16)
+    # How many instances are nearer than the current one, saturated at K - 1 (all that the
+    # layers and the global map need), so that uint8 holds it.
+    ahead = np.zeros((h, w), np.uint8)
     conflicts = 0
     for i in np.argsort(scene.order, kind="stable"):  # front to back
         y1, x1, y2, x2 = windows[i]
@@ -101,9 +103,10 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
         seen = visible[i, y1:y2, x1:x2]
         disagree = np.count_nonzero(own & ((in_front == 0) != seen))
         conflicts += disagree > max(CONFLICT_MIN_PIXELS, CONFLICT_FRACTION * np.count_nonzero(own))
-        hidden = np.clip(in_front, 1, k - 1)
-        layers[i, :y2 - y1, :x2 - x1] = np.where(own, np.where(seen, 0, hidden), -1)
+        hidden = np.maximum(in_front, 1)
+        layers[i, :y2 - y1, :x2 - x1] = np.where(own, np.where(seen, 0, hidden), np.int16(-1))
         in_front += own
+        np.minimum(in_front, k - 1, out=in_front)
     semdist_maps = semdist.encode(layers, k)
     # Bilinear sampling clamps at the image edge: where a window was cut by the bottom or
     # right image edge, extend its last row / column over the padding as the image would.
@@ -114,7 +117,7 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
     relative = scene.boxes - np.tile(windows[:, :2], 2).astype(np.float32)
     warnings["visible_layer_conflict"] += int(conflicts)
     return Targets(
-        global_layers=np.minimum(ahead, k - 1).astype(np.uint8),
+        global_layers=ahead,
         layer_crops=(layering.crop_to_boxes(layers, relative, p, method="nearest", fill=-1)
                      + 1).astype(np.uint8),
         semdist_crops=quantize_semdist(layering.crop_to_boxes(

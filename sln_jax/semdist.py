@@ -65,21 +65,31 @@ def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.nda
         raise ValueError(f"num_levels must be >= 2, got {num_levels}")
     if layers.size and layers.min() < -1:
         raise ValueError(f"layers must be >= -1, got minimum {layers.min()}")
-    clipped = np.minimum(layers, num_levels - 1)
-    semdist = np.where(clipped >= 0, num_levels - clipped, 0).astype(np.float32)
     if not distance:
-        return semdist
+        clipped = np.minimum(layers, num_levels - 1)
+        return np.where(clipped >= 0, num_levels - clipped, 0).astype(np.float32)
+    semdist = np.zeros(layers.shape, np.float32)
     for i in range(layers.shape[0]):
-        on = clipped[i] >= 0
-        if not on.any():
-            continue
-        # Distance transforms only over the instance's box: objects are small in images.
+        on = layers[i] >= 0
         rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
+        if not rows.size:
+            continue
+        # Everything over the instance's box, and each distance transform over its level's
+        # box (with a zero border, exactly the transform over the whole map): objects are
+        # small in images and deeper levels small in objects.
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        crop = clipped[i][window]
-        present = np.bincount(crop.ravel() + 1, minlength=num_levels + 1)[1:]
-        for level in np.flatnonzero(present):
-            semdist[i][window] += _level_distance(crop == level)
+        crop = np.minimum(layers[i][window], num_levels - 1)
+        out = semdist[i][window]
+        out[...] = np.where(crop >= 0, num_levels - crop, 0)
+        present = np.flatnonzero(np.bincount(crop.ravel() + 1, minlength=num_levels + 1)[1:])
+        for level in present:
+            region = crop == level
+            if present.size > 1:
+                r, c = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+                box = (slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1))
+                out[box] += _level_distance(region[box])
+            else:
+                out += _level_distance(region)
     return semdist
 
 
