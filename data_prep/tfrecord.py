@@ -48,8 +48,13 @@ class Int64Feature(tuple):
 Feature = Union[BytesFeature, FloatFeature, Int64Feature]
 
 
+_SMALL = [bytes((v,)) for v in range(128)]
+
+
 def _varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int (< 2**64)."""
+    if value < 128:
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -59,8 +64,8 @@ def _varint(value: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field (wire type 2) with a field number below 16."""
+    return _SMALL[number << 3 | 2] + _varint(len(payload)) + payload
 
 
 def _feature(value: Feature) -> bytes:

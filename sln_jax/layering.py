@@ -223,7 +223,7 @@ def crop_to_boxes(maps: np.ndarray, boxes: np.ndarray, size: int,
         xi = np.clip(np.floor(xs), 0, w - 1).astype(np.intp)
         out = maps[idx, yi[:, :, None], xi[:, None, :]]
     elif method == "bilinear":
-        out = _bilinear(maps.astype(np.float64), ys - 0.5, xs - 0.5)
+        out = _bilinear(maps, ys - 0.5, xs - 0.5)
         return np.where(inside, out, fill).astype(np.float32)
     else:
         raise ValueError(f"method must be 'nearest' or 'bilinear', got {method!r}")
@@ -231,7 +231,10 @@ def crop_to_boxes(maps: np.ndarray, boxes: np.ndarray, size: int,
 
 
 def _bilinear(maps: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Separable bilinear sampling of [N, H, W] at pixel-center coords ys [N, A], xs [N, B]."""
+    """Separable bilinear sampling of [N, H, W] at pixel-center coords ys [N, A], xs [N, B].
+
+    Returns float64 [N, A, B]; only the sampled values are converted to float64.
+    """
     n, h, w = maps.shape
     ys = np.clip(ys, 0, h - 1)
     xs = np.clip(xs, 0, w - 1)
@@ -244,7 +247,7 @@ def _bilinear(maps: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     idx = np.arange(n)[:, None, None]
 
     def at(yy, xx):
-        return maps[idx, yy[:, :, None], xx[:, None, :]]
+        return maps[idx, yy[:, :, None], xx[:, None, :]].astype(np.float64)
 
     top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
     bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx

@@ -43,7 +43,8 @@ def _level_distance(region: np.ndarray) -> np.ndarray:
     # The transform is 0 outside the region, so the clip also zeroes the outside.
     dist -= 1.0
     np.divide(dist, peak, out=dist)
-    return np.clip(dist, 0.0, MAX_FRACTION, out=dist)
+    np.maximum(dist, 0.0, out=dist)
+    return np.minimum(dist, MAX_FRACTION, out=dist)
 
 
 def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.ndarray:
