@@ -1,6 +1,6 @@
 """Amodal instance segmentation metrics in NumPy.
 
-What is measured (see ``shared/paper/SLN.md`` section 5):
+What is measured (see ``docs/SLN.md`` section 5):
 
 * COCO-style mask AP / AR, amodal (result ``segmentation`` vs GT ``segmentation``) and
   modal (result ``visible_mask`` vs GT ``visible_mask``). The numbers equal pycocotools'

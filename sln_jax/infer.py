@@ -15,7 +15,7 @@ CLI::
       --images DIR_OR_GLOB --output OUT [--annotations GT.json] [--layers] \\
       [--score_threshold T] [--canvas_sizes 512,768,1024] [--batch_size B]
 
-writes ``OUT/results.json`` (COCO results, ``../shared/design/ARCHITECTURE.md``),
+writes ``OUT/results.json`` (COCO results, ``docs/ARCHITECTURE.md``),
 ``OUT/images.json`` (the image id of every file, and the unreadable files with the reason),
 ``OUT/pictures/NAME.png`` per image and, with ``--layers``,
 ``OUT/layers/NAME/det<i>_layer<k>.png`` and ``det<i>_semdist.png`` per detection. Every

@@ -1,6 +1,6 @@
 """Layering maps: how instances stack front to back, in NumPy.
 
-SLN describes a scene by layers (see ``shared/paper/SLN.md`` section 2):
+SLN describes a scene by layers (see ``docs/SLN.md`` section 2):
 
 * the **global layering map** counts, at every pixel, the amodal masks covering it;
 * an instance's **layering map** gives, on its amodal mask, its depth layer at each
@@ -28,6 +28,7 @@ __all__ = [
     "visible_from_layers",
     "crop_to_boxes",
     "paste",
+    "paste_window",
     "masks_to_boxes",
 ]
 
@@ -254,6 +255,48 @@ def _bilinear(maps: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     return top * (1 - wy) + bottom * wy
 
 
+def paste_window(roi_map: np.ndarray, box: np.ndarray,
+                 image_size: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+    """Paste one ROI map into the window of the image its box covers (bilinear).
+
+    The values equal ``paste``'s inside the window (``paste`` is 0 outside it); working on
+    the window alone avoids image-sized arrays per detection.
+
+    Args:
+      roi_map: float [R, R] or [R, R, C] map over the box.
+      box: float [4] (y1, x1, y2, x2) pixel edges in the output image.
+      image_size: (H, W) of the output.
+
+    Returns:
+      (top, left, values): values float32 [h, w] or [h, w, C] for rows top..top+h-1 and
+      columns left..left+w-1 of the image (h or w is 0 for a box outside the image or empty).
+    """
+    roi_map = np.asarray(roi_map, np.float32)
+    if roi_map.ndim not in (2, 3) or roi_map.shape[0] != roi_map.shape[1]:
+        raise ValueError(f"roi_map must be [R, R(, C)], got {roi_map.shape}")
+    h, w = image_size
+    r = roi_map.shape[0]
+    channels = roi_map.shape[2:]
+    y1, x1, y2, x2 = np.asarray(box, np.float64).reshape(4)
+    bh, bw = y2 - y1, x2 - x1
+    top, left = max(int(np.floor(y1)), 0), max(int(np.floor(x1)), 0)
+    bottom, right = min(int(np.ceil(y2)), h), min(int(np.ceil(x2)), w)
+    if bh <= 0 or bw <= 0 or bottom <= top or right <= left:
+        return 0, 0, np.zeros((0, 0) + channels, np.float32)
+    py = np.arange(top, bottom) + 0.5
+    px = np.arange(left, right) + 0.5
+    inside = ((py >= y1) & (py < y2))[:, None] & ((px >= x1) & (px < x2))[None, :]
+    # ROI cell c has its center at y1 + (c + 0.5) * bh / R.
+    sy = (py - y1) * r / bh - 0.5
+    sx = (px - x1) * r / bw - 0.5
+    src = roi_map if not channels else np.moveaxis(roi_map, -1, 0)
+    flat = src.reshape(-1, r, r)
+    vals = _bilinear(flat, np.broadcast_to(sy, (flat.shape[0], sy.size)),
+                     np.broadcast_to(sx, (flat.shape[0], sx.size)))
+    vals = np.where(inside[None], vals, 0.0).astype(np.float32)
+    return top, left, (np.moveaxis(vals, 0, -1) if channels else vals[0])
+
+
 def paste(roi_maps: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """Paste per-ROI maps back into the image (bilinear), the inverse of ``crop_to_boxes``.
 
@@ -272,31 +315,8 @@ def paste(roi_maps: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int]) 
     if boxes.shape[0] != roi_maps.shape[0]:
         raise ValueError(f"{roi_maps.shape[0]} ROI maps but {boxes.shape[0]} boxes")
     h, w = image_size
-    n, r = roi_maps.shape[:2]
-    channels = roi_maps.shape[3:]
-    out = np.zeros((n, h, w) + channels, np.float32)
-    for i in range(n):
-        y1, x1, y2, x2 = boxes[i]
-        bh, bw = y2 - y1, x2 - x1
-        if bh <= 0 or bw <= 0:
-            continue
-        top, left = max(int(np.floor(y1)), 0), max(int(np.floor(x1)), 0)
-        bottom, right = min(int(np.ceil(y2)), h), min(int(np.ceil(x2)), w)
-        if bottom <= top or right <= left:
-            continue
-        py = np.arange(top, bottom) + 0.5
-        px = np.arange(left, right) + 0.5
-        inside = ((py >= y1) & (py < y2))[:, None] & ((px >= x1) & (px < x2))[None, :]
-        # ROI cell c has its center at y1 + (c + 0.5) * bh / R.
-        sy = (py - y1) * r / bh - 0.5
-        sx = (px - x1) * r / bw - 0.5
-        src = roi_maps[i] if not channels else np.moveaxis(roi_maps[i], -1, 0)
-        flat = src.reshape(-1, r, r).astype(np.float64)
-        vals = _bilinear(flat, np.broadcast_to(sy, (flat.shape[0], sy.size)),
-                         np.broadcast_to(sx, (flat.shape[0], sx.size)))
-        vals = np.where(inside[None], vals, 0.0)
-        if channels:
-            out[i, top:bottom, left:right] = np.moveaxis(vals, 0, -1)
-        else:
-            out[i, top:bottom, left:right] = vals[0]
+    out = np.zeros((roi_maps.shape[0], h, w) + roi_maps.shape[3:], np.float32)
+    for i in range(roi_maps.shape[0]):
+        top, left, vals = paste_window(roi_maps[i], boxes[i], image_size)
+        out[i, top:top + vals.shape[0], left:left + vals.shape[1]] = vals
     return out

@@ -16,7 +16,7 @@ integer variant, d = 0). Hence floor(M) = K - L on the amodal mask:
 
 Layers deeper than K - 1 are clipped to K - 1 ("K - 1 or deeper"): with K levels the map
 distinguishes visible, occluded once, ..., occluded K - 1 or more times. ``decode`` then
-returns the clipped layers. See ``shared/paper/SLN.md`` section 2.
+returns the clipped layers. See ``docs/SLN.md`` section 2.
 """
 
 from __future__ import annotations

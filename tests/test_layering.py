@@ -154,3 +154,21 @@ def test_paste_inverts_crop_for_box_aligned_masks():
     multi = layering.paste(np.stack([crop, 1 - crop], -1), box, (40, 50))
     assert multi.shape == (1, 40, 50, 2)
     np.testing.assert_allclose(multi[..., 0], pasted)
+
+
+def test_paste_window_equals_paste_inside_and_handles_outside_boxes():
+    rng = np.random.default_rng(3)
+    maps = rng.random((6, 5, 5, 2)).astype(np.float32)
+    boxes = np.array([[2.3, 1.7, 9.1, 12.9], [-4, -3, 5, 6], [8, 10, 30, 40],
+                      [3, 3, 3, 8], [20, 20, 25, 25], [0, 0, 12, 16]], np.float64)
+    full = layering.paste(maps, boxes, (12, 16))
+    for i in range(6):
+        top, left, vals = layering.paste_window(maps[i], boxes[i], (12, 16))
+        window = np.zeros_like(full[i])
+        window[top:top + vals.shape[0], left:left + vals.shape[1]] = vals
+        np.testing.assert_array_equal(window, full[i])
+        assert vals.dtype == np.float32 and vals.shape[2:] == (2,)
+    assert layering.paste_window(maps[4], boxes[4], (12, 16))[2].size == 0
+    assert layering.paste_window(maps[3], boxes[3], (12, 16))[2].size == 0
+    with pytest.raises(ValueError, match=r"roi_map must be \[R, R\(, C\)\]"):
+        layering.paste_window(np.zeros((3, 4)), boxes[0], (12, 16))

@@ -132,3 +132,36 @@ def test_to_coco_results_round_trips_masks():
                                       inst["visible"])
         assert entry["occlude_rate"] == inst["occlude_rate"]
     assert entries[1]["depth_order"] == {0: -1}
+
+
+@pytest.mark.parametrize("head", ["layers", "semdist"])
+def test_to_instances_equals_decoding_full_image_pastes(head):
+    """The windowed decoding gives what decoding image-sized pastes gives."""
+    from sln_jax import layering, semdist
+
+    rng = np.random.default_rng(7)
+    d, (h, w) = 12, (50, 70)
+    y1, x1 = rng.uniform(-10, 40, d), rng.uniform(-10, 60, d)
+    boxes = np.stack([y1, x1, y1 + rng.uniform(0.5, 30, d), x1 + rng.uniform(0.5, 30, d)], 1)
+    outputs = {"boxes": boxes.astype(np.float32), "scores": rng.random(d).astype(np.float32),
+               "classes": np.ones(d, np.int32), "valid": rng.random(d) < 0.9}
+    if head == "layers":
+        outputs["layer_logits"] = rng.normal(0, 3, (d, R, R, K)).astype(np.float32)
+        maps = postprocess.layer_probs(outputs["layer_logits"])
+    else:
+        outputs["semdist"] = rng.uniform(0, K + 1, (d, R, R)).astype(np.float32)
+        maps = outputs["semdist"]
+    config = model_config(num_layers=K, head=head)
+    instances = postprocess.to_instances(outputs, (h, w), (h, w), config)
+    keep = np.flatnonzero(outputs["valid"])
+    assert len(instances) == keep.size
+    clipped = np.clip(boxes[keep].astype(np.float64), 0, [h, w, h, w])
+    for instance, index, box in zip(instances, keep, clipped):
+        full = layering.paste(maps[index][None], box[None], (h, w))[0]
+        if head == "layers":
+            want = postprocess.decode_layer_probs(full)
+        else:
+            want = semdist.decode(full, K)
+            want["visible"] = want["modal"]
+        for key in ("amodal", "visible", "layers"):
+            np.testing.assert_array_equal(instance[key], want[key])

@@ -1,6 +1,6 @@
 """Global Layering Module (GLM): the image-level K-class layering map at stride 4.
 
-A light semantic-FPN head (our choice, see ``shared/paper/SLN.md`` section 3: the reference
+A light semantic-FPN head (our choice, see ``docs/SLN.md`` section 3: the reference
 uses a frozen DeepLab instead): every level P2..P5 goes through a 3x3 conv + ReLU and is
 upsampled (nearest) to stride 4; the sum goes through one more 3x3 conv + ReLU and a 1x1 conv
 to K logits per pixel. Its softmax is what the layering head ROI-aligns for every ROI.
