@@ -30,7 +30,7 @@ from sln_jax.models.sln import SLN  # noqa: E402
 
 
 def paper_model_config(backbone: str) -> ml_collections.ConfigDict:
-    """The paper's settings (``shared/paper/SLN.md`` section 3), K = 4, class-agnostic."""
+    """The paper's settings (``docs/SLN.md`` section 3), K = 4, class-agnostic."""
     return ml_collections.ConfigDict(dict(
         backbone=backbone, norm="frozen_bn", backbone_width=64, fpn_dim=256, num_classes=1,
         num_layers=4, anchor_sizes=(32, 64, 128, 256, 512), anchor_ratios=(0.5, 1.0, 2.0),

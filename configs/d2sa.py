@@ -1,7 +1,7 @@
 """D2SA (MVTec D2S amodal, 60 supermarket categories) with the paper's settings; for accelerators.
 
 ResNet-101-FPN with frozen BatchNorm, images resized to max side 1024, SGD momentum 0.9,
-lr 0.001, weight decay 1e-4, gradient clipping at global norm 5 (shared/paper/SLN.md section 3).
+lr 0.001, weight decay 1e-4, gradient clipping at global norm 5 (docs/SLN.md section 3).
 Convert the data first (data_prep.convert), then:
   python -m sln_jax.main --config configs/d2sa.py --workdir workdir/d2sa
 """

@@ -8,7 +8,7 @@
 
 Layers come from the amodal masks and the depth order; where they disagree with the
 annotated visible masks (annotation noise, e.g. COCOA), the visible mask wins for layer 0
-and the order decides the rest (``shared/paper/SLN.md`` section 2): annotated-visible pixels
+and the order decides the rest (``docs/SLN.md`` section 2): annotated-visible pixels
 get layer 0, hidden pixels the order puts in front get layer 1. Instances where the two
 disagree on more than ``CONFLICT_FRACTION`` of the amodal area (and at least
 ``CONFLICT_MIN_PIXELS``) are counted as ``visible_layer_conflict``.
