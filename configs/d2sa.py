@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone = "resnet101"
     config.model.backbone_width = 64  # used by resnet_tiny only
     config.model.norm = "frozen_bn"
+    # ImageNet ResNet weights, .npz or .safetensors (sln_jax/models/pretrained.py); the
+    # paper starts from them: set it with --config.model.pretrained_backbone=FILE.
+    config.model.pretrained_backbone = ""
     config.model.fpn_dim = 256
     config.model.mask_head_dim = 256
     config.model.num_classes = config.data.num_classes

@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone = "resnet_tiny"
     config.model.backbone_width = 16
     config.model.norm = "group_norm"
+    config.model.pretrained_backbone = ""  # .npz / .safetensors ResNet (needs frozen_bn)
     config.model.fpn_dim = 64
     config.model.mask_head_dim = 32
     config.model.num_classes = config.data.num_classes

@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone = "resnet_tiny"
     config.model.backbone_width = 4
     config.model.norm = "group_norm"
+    config.model.pretrained_backbone = ""  # .npz / .safetensors ResNet (needs frozen_bn)
     config.model.fpn_dim = 8
     config.model.mask_head_dim = 8
     config.model.num_classes = config.data.num_classes

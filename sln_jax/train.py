@@ -56,7 +56,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sln_jax import evaluation, input_pipeline, losses
-from sln_jax.models import postprocess, sln
+from sln_jax.models import postprocess, pretrained, sln
 
 __all__ = [
     "DATA_AXIS",
@@ -263,6 +263,43 @@ def create_train_state(
         )
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
+                             prefix: tuple[str, ...] = ("backbone",)) -> TrainState:
+    """The state with its backbone weights loaded from a torchvision-layout ResNet file.
+
+    Every process reads the same file and builds the same replicated arrays, so this works
+    on several hosts without a broadcast. The optimizer state is kept: at step 0 it does
+    not depend on the parameter values.
+
+    Args:
+      state: a replicated step-0 TrainState (``create_train_state``).
+      path: ``.npz`` or ``.safetensors`` (``sln_jax.models.pretrained``).
+      mesh: the device mesh.
+      prefix: path of the ResNet inside ``params`` and ``batch_stats``.
+
+    Returns:
+      The TrainState with new ``params`` and ``batch_stats``, replicated over ``mesh``.
+
+    Raises:
+      ValueError: naming the file when it cannot be read or does not fit the backbone.
+    """
+    def local(tree):
+        # A replicated array holds the whole value on each of this host's devices.
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+    variables = pretrained.load_torchvision_resnet(
+        path, {"params": local(state.params), "batch_stats": local(state.batch_stats)},
+        prefix=prefix)
+    replicated = NamedSharding(mesh, P())
+
+    def put(tree):
+        return jax.tree.map(lambda x: jax.make_array_from_callback(
+            x.shape, replicated, lambda index: x[index]), tree)
+
+    return state.replace(params=put(variables["params"]),
+                         batch_stats=put(variables["batch_stats"]))
 
 
 # -------------------------------------------------------------------------- steps
@@ -634,10 +671,20 @@ class Trainer:
         )
         self._eval_step = jit_eval_step(self.mesh)
 
-    def initial_state(self) -> TrainState:
-        """The step-0 TrainState (replicated), seeded by ``config.seed``."""
+    def initial_state(self, pretrained_backbone: bool = True) -> TrainState:
+        """The step-0 TrainState (replicated), seeded by ``config.seed``.
+
+        Args:
+          pretrained_backbone: load the backbone from ``config.model.pretrained_backbone``
+            when it names a file (False when a checkpoint will replace the values anyway).
+        """
         size = int(self.config.data.image_size)
-        return create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
+        state = create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
+        path = self.config.model.get("pretrained_backbone", "")
+        if path and pretrained_backbone:
+            state = load_pretrained_backbone(state, path, self.mesh)
+            logging.info("backbone weights loaded from %s", path)
+        return state
 
     def train_step(self, state: TrainState, host_batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
         """One compiled update on a host batch [local_devices, per_device_batch, ...]; donates ``state``."""
@@ -668,7 +715,8 @@ class Trainer:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json(indent=2))
         manager = create_checkpoint_manager(workdir, config.checkpoint)
-        state = restore_checkpoint(manager, self.initial_state())
+        fresh = manager.latest_step() is None
+        state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=fresh))
         start_step = int(state.step)
         if start_step:
             logging.info("Resumed from step %d in %s", start_step, manager.directory)
@@ -792,7 +840,7 @@ class Trainer:
             manager = create_checkpoint_manager(workdir, self.config.checkpoint)
             if manager.latest_step() is None:
                 raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first")
-            state = restore_checkpoint(manager, self.initial_state())
+            state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=False))
             manager.close()
         step = int(state.step)
         result = self.evaluate_state(state, num_pictures=int(self.config.eval.num_pictures))

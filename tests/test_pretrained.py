@@ -160,3 +160,24 @@ def test_mismatches_are_reported_with_file_and_key(tmp_path):
     np.savez(tmp_path / "ok.npz", **state)
     with pytest.raises(ValueError, match="frozen_bn"):
         load_torchvision_resnet(tmp_path / "ok.npz", gn, prefix=())
+
+
+def test_safetensors_and_npz_load_the_same_weights(tmp_path):
+    from safetensors.numpy import save_file
+
+    model = ResNet("resnet_tiny", "frozen_bn", 8)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    state = torchvision_state_dict("basic", (1, 1, 1, 1), width=8, seed=3)
+    np.savez(tmp_path / "w.npz", **state)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    a = load_torchvision_resnet(tmp_path / "w.npz", variables, prefix=())
+    b = load_torchvision_resnet(tmp_path / "w.safetensors", variables, prefix=())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a["params"]["conv1"]["kernel"],
+                                  state["conv1.weight"].transpose(2, 3, 1, 0))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"bad\.safetensors: cannot read a \.safetensors"):
+        load_torchvision_resnet(tmp_path / "bad.safetensors", variables, prefix=())
+    with pytest.raises(ValueError, match=r"nope\.npz: cannot read a \.npz"):
+        load_torchvision_resnet(tmp_path / "nope.npz", variables, prefix=())

@@ -6,6 +6,7 @@ the real SLN on configs/tiny_test.py with a tiny synthetic dataset.
 """
 
 import copy
+import functools
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sln_jax import input_pipeline, losses, train
+from sln_jax.models import pretrained
 from tiny_dataset import REPO, TINY_CONFIG, make_tiny_dataset, tiny_config
 
 
@@ -425,3 +427,64 @@ def test_two_process_distributed_run_completes_a_step(records, tmp_path):
     assert "process 0/2, 1 local / 2 global devices" in outputs[0]
     assert "step 1/1" in outputs[0]
     assert train.load_checkpoint(workdir)["step"] == 1
+
+
+# ------------------------------------------------------------- pretrained backbone
+
+
+class BackboneDetector(nn.Module):
+    """A ResNet under 'backbone' plus a head, as in SLN's variable tree."""
+
+    @nn.compact
+    def __call__(self, images, gt=None, train=False):
+        from sln_jax.models.backbone import ResNet
+
+        features = ResNet("resnet_tiny", "frozen_bn", 8, name="backbone")(images)
+        last = features[-1] if isinstance(features, (list, tuple)) else list(features.values())[-1]
+        return {"scores": nn.Dense(1, name="head")(last.mean(axis=(1, 2)))[:, 0]}
+
+
+def test_load_pretrained_backbone_replaces_backbone_only(tmp_path):
+    from test_pretrained import torchvision_state_dict
+
+    mesh = train.create_mesh()
+    tx, _ = train.create_optimizer(optim_config(), 20)
+    state = train.create_train_state(BackboneDetector(), tx, 0, (1, 32, 32, 3), mesh)
+    weights = torchvision_state_dict("basic", (1, 1, 1, 1), width=8, seed=5)
+    np.savez(tmp_path / "r.npz", **weights)
+    loaded = train.load_pretrained_backbone(state, str(tmp_path / "r.npz"), mesh)
+    kernel = loaded.params["backbone"]["conv1"]["kernel"]
+    assert kernel.sharding.is_fully_replicated
+    np.testing.assert_array_equal(kernel, weights["conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(loaded.batch_stats["backbone"]["bn1"]["bn"]["var"],
+                                  weights["bn1.running_var"])
+    np.testing.assert_array_equal(loaded.params["head"]["kernel"], state.params["head"]["kernel"])
+    assert int(loaded.step) == 0
+    with pytest.raises(ValueError, match=r"missing\.npz"):
+        train.load_pretrained_backbone(state, str(tmp_path / "missing.npz"), mesh)
+
+
+def test_trainer_starts_from_the_configured_backbone_but_not_on_resume(records, tmp_path,
+                                                                       monkeypatch):
+    from test_pretrained import torchvision_state_dict
+
+    config = tiny_config(records)
+    config.model.norm = "frozen_bn"
+    weights = torchvision_state_dict("basic", (1, 1, 1, 1), width=config.model.backbone_width)
+    np.savez(tmp_path / "tiny.npz", **weights)
+    config.model.pretrained_backbone = str(tmp_path / "tiny.npz")
+    trainer = train.Trainer(config)
+    # The file fits SLN's own variable tree (shapes only: no compilation needed).
+    size = config.data.image_size
+    abstract = jax.eval_shape(functools.partial(trainer.model.init, train=False),
+                              jax.random.key(0), jnp.zeros((1, size, size, 3)), None)
+    loaded = pretrained.load_torchvision_resnet(config.model.pretrained_backbone, abstract)
+    np.testing.assert_array_equal(loaded["params"]["backbone"]["conv1"]["kernel"],
+                                  weights["conv1.weight"].transpose(2, 3, 1, 0))
+    # initial_state loads it at a fresh start only.
+    calls = []
+    monkeypatch.setattr(train, "create_train_state", lambda *args: "state")
+    monkeypatch.setattr(train, "load_pretrained_backbone",
+                        lambda state, path, mesh: calls.append(path) or "loaded")
+    assert trainer.initial_state() == "loaded" and calls == [str(tmp_path / "tiny.npz")]
+    assert trainer.initial_state(pretrained_backbone=False) == "state" and len(calls) == 1
