@@ -1,14 +1,14 @@
 """Conversion and input-pipeline throughput on synthetic 512 x 512 scenes with 10 instances.
 
 Prints:
-* conversion images/s with 1 and 2 worker processes: wall clock of the whole run
-  (including worker start-up, which imports TensorFlow), per worker from the wall time the
-  workers spent inside their shards, and per CPU-second (independent of other load on a
-  shared machine);
+* conversion images/s with 1 and 2 worker processes, the median of ``--repeats`` runs
+  (shared 2-core machines vary by +-15 % from run to run): wall clock of the whole run
+  (including spawning the workers), per worker from the wall time the workers spent inside
+  their shards, and per CPU-second (independent of other load on a shared machine);
 * pipeline images/s reading the records back (training stream: decode, resize, flip,
   normalize, pad, batch), at the synthetic config's image size and at 512.
 
-    python benchmarks/bench_convert.py [--images 96] [--batch 8] [--steps 30]
+    python benchmarks/bench_convert.py [--images 96] [--repeats 3] [--batch 8] [--steps 30]
 
 Targets (issue 3): >= 50 images/s per worker for conversion; a pipeline delivering >= 3x
 what a training step consumes.
@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 from data_prep import convert, synthetic  # noqa: E402
 
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--mask_target_size", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="conversions per worker count; the median is printed")
     args = parser.parse_args()
     k, p = args.num_layers, args.mask_target_size
     with tempfile.TemporaryDirectory() as root:
@@ -73,16 +76,20 @@ def main() -> None:
         print(f"generated {args.images} synthetic 512x512 scenes in "
               f"{time.perf_counter() - start:.1f} s")
         for workers in (1, 2):
-            seconds, meta = _convert(root, workers, shards=2 * workers, k=k, p=p)
-            stats = meta["splits"]["train"]["statistics"]
-            images = stats["images"]
-            in_shards = images / sum(stats["shard_seconds"])
-            cpu = images / sum(stats["shard_cpu_seconds"])
+            runs = []
+            for _ in range(args.repeats):
+                seconds, meta = _convert(root, workers, shards=2 * workers, k=k, p=p)
+                stats = meta["splits"]["train"]["statistics"]
+                images = stats["images"]
+                runs.append((images / seconds, images / sum(stats["shard_seconds"]),
+                             images / sum(stats["shard_cpu_seconds"])))
+            wall, in_shards, cpu = (np.median(column) for column in zip(*runs))
+            spread = ", ".join(f"{r[1]:.1f}" for r in runs)
             size = sum(os.path.getsize(os.path.join(root, f"records_w{workers}", name))
                        for name in meta["splits"]["train"]["files"]) / images / 1024
-            print(f"convert, {workers} worker(s): {images / seconds:6.1f} images/s wall "
-                  f"(incl. start-up); per worker {in_shards:6.1f} images/s wall in shards, "
-                  f"{cpu:6.1f} images/s per CPU-second "
+            print(f"convert, {workers} worker(s), median of {args.repeats}: {wall:6.1f} images/s "
+                  f"wall (incl. start-up); per worker {in_shards:6.1f} images/s wall in shards "
+                  f"(runs: {spread}), {cpu:6.1f} images/s per CPU-second "
                   f"({stats['instances'] / images:.1f} instances/image, {size:.0f} KiB/record)")
         records = os.path.join(root, "records_w1")
         for image_size, max_instances in ((128, 8), (512, 16)):

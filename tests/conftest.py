@@ -1,6 +1,24 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Tests import the helpers beside them (scene_strategies) and the package from the repo root.
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+
+# Several tests compile the same tiny-config programs, some in subprocesses (main, infer,
+# distributed): a compilation cache shared by the session's processes compiles each once
+# (measured: the main end-to-end test 98 s -> 47 s). Fresh per session, so nothing stale is
+# ever reused; set here, before anything imports JAX, so that subprocesses inherit it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="sln-jax-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+from xla_env import TEST_XLA_FLAGS  # noqa: E402
+
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()

@@ -9,6 +9,7 @@ import pytest
 
 from sln_jax import main, train
 from tiny_dataset import REPO, TINY_CONFIG, load_tiny_config, make_tiny_dataset
+from xla_env import subprocess_env
 
 # ARCHITECTURE.md's flat metric names that every synthetic (COCO-format) evaluation writes.
 REQUIRED_METRICS = [
@@ -29,8 +30,7 @@ RESULT_KEYS = {"image_id", "category_id", "score", "bbox", "segmentation", "visi
 
 
 def run_main(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("XLA_FLAGS", None)
+    env = dict(subprocess_env(), PYTHONPATH=REPO)
     return subprocess.run(
         [sys.executable, "-m", "sln_jax.main", "--config", TINY_CONFIG, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,

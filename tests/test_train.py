@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sln_jax import input_pipeline, losses, train
 from sln_jax.models import pretrained
 from tiny_dataset import REPO, TINY_CONFIG, make_tiny_dataset, tiny_config
+from xla_env import subprocess_env
 
 
 def optim_config(**overrides) -> ml_collections.ConfigDict:
@@ -349,7 +350,7 @@ def test_two_devices_equal_one_device(trainer, records, tmp_path):
         batch=str(tmp_path / "batch.npz"),
         out=str(tmp_path / "two.npz"),
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = subprocess_env(device_count=2)
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=900)
     with np.load(tmp_path / "two.npz") as data:
         two = [data[f"arr_{i}"] for i in range(len(data.files))]
@@ -410,8 +411,7 @@ def test_two_process_distributed_run_completes_a_step(records, tmp_path):
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
     workdir = str(tmp_path / "workdir")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env.pop("XLA_FLAGS", None)
+    env = dict(subprocess_env(), PYTHONPATH=REPO)
     processes = [
         subprocess.Popen(
             DISTRIBUTED_COMMAND
