@@ -18,7 +18,6 @@ import json
 import os
 import time
 
-import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -96,6 +95,10 @@ def run(config, workdir: str) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Imported here, not at the top: the data workers are spawned processes that import this
+    # module again, and TensorFlow would cost each of them ~7 s of start-up.
+    import tensorflow as tf
+
     tf.config.set_visible_devices([], "GPU")
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "

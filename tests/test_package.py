@@ -23,3 +23,10 @@ def test_conversion_imports_neither_jax_nor_tensorflow():
     out = _run("import sys, data_prep.convert, data_prep.kins, data_prep.synthetic; "
                "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))")
     assert out == "[]"
+
+
+def test_main_job_module_is_light_to_import():
+    # Spawned data workers import the main module (sln_jax.demo) again.
+    out = _run("import sys, sln_jax.demo; "
+               "print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))")
+    assert out == "[]"
