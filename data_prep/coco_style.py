@@ -24,7 +24,7 @@ from typing import Any
 from data_prep.scene import (AnnotationSet, DataError, InstanceSource, SceneSource,
                              check_rle_size)
 
-__all__ = ["read_json", "image_path", "number", "read_flat"]
+__all__ = ["read_json", "image_path", "number", "annotation_ids", "read_flat"]
 
 
 def read_json(path: str) -> Any:
@@ -100,6 +100,28 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
+def annotation_ids(ann: dict, path: str, images: dict[int, dict], class_of: dict[int, int],
+                   known: str = "") -> tuple[int, int, int, str]:
+    """Checked ids of a COCO-style annotation: (ann_id, image_id, category_id, where).
+
+    ``where`` is "file: image i, annotation a" for later messages; ``known`` is appended to
+    the unknown-category error (e.g. " (KINS uses 1, 2, ...)").
+
+    Raises:
+      DataError: on a missing or non-numeric id, an unknown image id or category id.
+    """
+    ann_id = int(number(_field(ann, "id", f"{path}: annotation"), path, "id"))
+    where = f"{path}: annotation {ann_id}"
+    image_id = int(number(_field(ann, "image_id", where), where, "image_id"))
+    if image_id not in images:
+        raise DataError(f"{where}: unknown image id {image_id}")
+    where = f"{path}: image {image_id}, annotation {ann_id}"
+    category = int(number(_field(ann, "category_id", where), where, "category_id"))
+    if category not in class_of:
+        raise DataError(f"{where}: unknown category id {category}{known}")
+    return ann_id, image_id, category, where
+
+
 def read_flat(path: str, images_dir: str, class_agnostic: bool = False) -> AnnotationSet:
     """Read a flat COCO-style amodal annotation file.
 
@@ -133,15 +155,7 @@ def read_flat(path: str, images_dir: str, class_agnostic: bool = False) -> Annot
     warnings: collections.Counter = collections.Counter()
     per_image: dict[int, list[InstanceSource]] = {i: [] for i in images}
     for ann in _list(data, "annotations", path):
-        ann_id = int(number(_field(ann, "id", f"{path}: annotation"), path, "id"))
-        where = f"{path}: annotation {ann_id}"
-        image_id = int(number(_field(ann, "image_id", where), where, "image_id"))
-        if image_id not in images:
-            raise DataError(f"{where}: unknown image id {image_id}")
-        where = f"{path}: image {image_id}, annotation {ann_id}"
-        category = int(number(_field(ann, "category_id", where), where, "category_id"))
-        if category not in class_of:
-            raise DataError(f"{where}: unknown category id {category}")
+        ann_id, image_id, category, where = annotation_ids(ann, path, images, class_of)
         if _flag(ann.get("iscrowd", False)):
             warnings["crowd_skipped"] += 1
             continue

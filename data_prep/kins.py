@@ -58,7 +58,8 @@ import collections
 import dataclasses
 from typing import Any
 
-from data_prep.coco_style import _field, _flag, _list, image_table, number, read_json
+from data_prep.coco_style import (_flag, _list, annotation_ids, image_table, number,
+                                  read_json)
 from data_prep.scene import (AnnotationSet, DataError, InstanceSource, SceneSource,
                              check_rle_size)
 
@@ -136,15 +137,8 @@ def read(path: str, images_dir: str) -> AnnotationSet:
     per_image: dict[int, list[InstanceSource]] = {i: [] for i in images}
     clusters: dict[int, list[tuple[int, int] | None]] = {i: [] for i in images}
     for ann in _list(data, "annotations", path):
-        ann_id = int(number(_field(ann, "id", f"{path}: annotation"), path, "id"))
-        where = f"{path}: annotation {ann_id}"
-        image_id = int(number(_field(ann, "image_id", where), where, "image_id"))
-        if image_id not in images:
-            raise DataError(f"{where}: unknown image id {image_id}")
-        where = f"{path}: image {image_id}, annotation {ann_id}"
-        category = int(number(_field(ann, "category_id", where), where, "category_id"))
-        if category not in class_of:
-            raise DataError(f"{where}: unknown category id {category} (KINS uses {known})")
+        ann_id, image_id, category, where = annotation_ids(ann, path, images, class_of,
+                                                           f" (KINS uses {known})")
         if _flag(ann.get("iscrowd", False)):
             warnings["crowd_skipped"] += 1
             continue
