@@ -90,11 +90,15 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
     windows = np.concatenate([np.maximum(boxes[:, :2] - 1, 0),
                               np.minimum(boxes[:, 2:] + 1, [h, w])], axis=1)
     sizes = windows[:, 2:] - windows[:, :2]
-    # The windows, padded to a common size, so that encoding and cropping are single calls.
-    layers = np.full((n, int(sizes[:, 0].max()), int(sizes[:, 1].max())), -1, np.int16)
+    # The windows, padded to a common size, so that cropping is a single call. Layer codes
+    # (layer + 1, 0 outside) carry the one-pixel zero border ``semdist.encode_window`` needs.
+    hp, wp = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    codes = np.zeros((n, hp + 2, wp + 2), np.uint8)
+    semdist_maps = np.zeros((n, hp, wp), np.float32)
     # How many instances are nearer than the current one, saturated at K - 1 (all that the
     # layers and the global map need), so that uint8 holds it.
     ahead = np.zeros((h, w), np.uint8)
+    code_pixels = np.zeros(k + 1, np.float64)
     conflicts = 0
     for i in np.argsort(scene.order, kind="stable"):  # front to back
         y1, x1, y2, x2 = windows[i]
@@ -103,11 +107,16 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
         seen = visible[i, y1:y2, x1:x2]
         disagree = np.count_nonzero(own & ((in_front == 0) != seen))
         conflicts += disagree > max(CONFLICT_MIN_PIXELS, CONFLICT_FRACTION * np.count_nonzero(own))
-        hidden = np.maximum(in_front, 1)
-        layers[i, :y2 - y1, :x2 - x1] = np.where(own, np.where(seen, 0, hidden), np.int16(-1))
+        # Code 1 where seen, else 1 + max(instances in front, 1), only on the mask.
+        code = np.maximum(in_front, 1)
+        code += 1
+        np.copyto(code, 1, where=seen)
+        window_codes = codes[i, :y2 - y1 + 2, :x2 - x1 + 2]
+        np.copyto(window_codes[1:-1, 1:-1], code, where=own)
         in_front += own
         np.minimum(in_front, k - 1, out=in_front)
-    semdist_maps = semdist.encode(layers, k)
+        code_pixels += semdist.encode_window(window_codes, k,
+                                             semdist_maps[i, :y2 - y1, :x2 - x1])
     # Bilinear sampling clamps at the image edge: where a window was cut by the bottom or
     # right image edge, extend its last row / column over the padding as the image would.
     for i in np.flatnonzero((windows[:, 2] == h) | (windows[:, 3] == w)):
@@ -118,9 +127,8 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
     warnings["visible_layer_conflict"] += int(conflicts)
     return Targets(
         global_layers=ahead,
-        layer_crops=(layering.crop_to_boxes(layers, relative, p, method="nearest", fill=-1)
-                     + 1).astype(np.uint8),
+        layer_crops=layering.crop_to_boxes(codes, relative + 1, p, method="nearest", fill=0),
         semdist_crops=quantize_semdist(layering.crop_to_boxes(
             semdist_maps, relative, p, method="bilinear", fill=0), k),
-        layer_pixels=np.bincount(layers[layers >= 0], minlength=k).astype(np.int64),
+        layer_pixels=code_pixels[1:].astype(np.int64),
     )

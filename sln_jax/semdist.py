@@ -24,27 +24,60 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["encode", "decode", "depth_order", "MAX_FRACTION"]
+__all__ = ["encode", "encode_window", "decode", "depth_order", "MAX_FRACTION"]
 
 # The fractional term stays strictly below 1 so that float32 floor() recovers the level.
 MAX_FRACTION = np.float32(1.0 - 2.0 ** -10)
 
 
-def _level_distance(region: np.ndarray) -> np.ndarray:
-    """float32 [h, w] distance term in [0, MAX_FRACTION] inside bool ``region``, 0 outside."""
-    # A zero border makes the image edge count as a region border, as it is a border of
-    # what the map describes.
-    padded = cv2.copyMakeBorder(region.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT,
-                                value=0)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    peak = float(dist.max())
-    if peak <= 0:
-        return np.zeros(region.shape, np.float32)
-    # The transform is 0 outside the region, so the clip also zeroes the outside.
-    dist -= 1.0
-    np.divide(dist, peak, out=dist)
-    np.maximum(dist, 0.0, out=dist)
-    return np.minimum(dist, MAX_FRACTION, out=dist)
+def _level_codes(num_levels: int) -> np.ndarray:
+    """float32 [256] lookup table: layer code c = L + 1 -> K - L (0 for c = 0)."""
+    table = np.zeros(256, np.float32)
+    table[1:num_levels + 1] = num_levels - np.arange(num_levels)
+    return table
+
+
+def encode_window(codes: np.ndarray, num_levels: int, out: np.ndarray) -> np.ndarray:
+    """Sem-dist map of one instance over a window, from its layer codes.
+
+    The building block of ``encode`` and of the conversion targets: everything runs over
+    the window, and each distance transform over its level's own box (with the zero
+    border, exactly the transform over the whole map).
+
+    Args:
+      codes: uint8 [h + 2, w + 2] layer codes ``min(L, K - 1) + 1``, 0 outside the amodal
+        mask, with a border of one pixel of zeros (so a window cut by the image edge
+        treats the edge as a region border, as the whole-map transform does).
+      num_levels: K >= 2.
+      out: float32 [h, w] written with the sem-dist map of the window.
+
+    Returns:
+      float64 [K + 1] pixel counts of each code 0..K over the window.
+    """
+    inner = codes[1:-1, 1:-1]
+    counts = cv2.calcHist([inner], [0], None, [num_levels + 1],
+                          [0, num_levels + 1]).ravel().astype(np.float64)
+    out[...] = cv2.LUT(inner, _level_codes(num_levels))
+    present = np.flatnonzero(counts[1:]) + 1
+    for code in present:
+        region = cv2.compare(codes, int(code), cv2.CMP_EQ)
+        if present.size > 1:
+            x, y, w, h = cv2.boundingRect(region)
+            region = region[y - 1:y + h + 1, x - 1:x + w + 1]
+            target = out[y - 1:y - 1 + h, x - 1:x - 1 + w]
+        else:
+            target = out
+        # A zero border makes the image edge count as a region border, as it is a border
+        # of what the map describes.
+        dist = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        peak = float(dist.max())
+        if peak <= 0:
+            continue
+        # The transform is 0 outside the region, so the clip also zeroes the outside.
+        dist -= 1.0
+        np.divide(dist, peak, out=dist)
+        target += np.clip(dist, 0.0, MAX_FRACTION, out=dist)
+    return counts
 
 
 def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.ndarray:
@@ -64,6 +97,9 @@ def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.nda
         raise ValueError(f"layers must be [N, H, W], got shape {layers.shape}")
     if num_levels < 2:
         raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+    if num_levels > 254:
+        raise ValueError(f"num_levels must be at most 254 (uint8 layer codes), got "
+                         f"{num_levels}")
     if layers.size and layers.min() < -1:
         raise ValueError(f"layers must be >= -1, got minimum {layers.min()}")
     if not distance:
@@ -75,22 +111,11 @@ def encode(layers: np.ndarray, num_levels: int, distance: bool = True) -> np.nda
         rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
         if not rows.size:
             continue
-        # Everything over the instance's box, and each distance transform over its level's
-        # box (with a zero border, exactly the transform over the whole map): objects are
-        # small in images and deeper levels small in objects.
+        # Everything over the instance's box: objects are small in images.
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        crop = np.minimum(layers[i][window], num_levels - 1)
-        out = semdist[i][window]
-        out[...] = np.where(crop >= 0, num_levels - crop, 0)
-        present = np.flatnonzero(np.bincount(crop.ravel() + 1, minlength=num_levels + 1)[1:])
-        for level in present:
-            region = crop == level
-            if present.size > 1:
-                r, c = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-                box = (slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1))
-                out[box] += _level_distance(region[box])
-            else:
-                out += _level_distance(region)
+        codes = np.zeros((rows[-1] - rows[0] + 3, cols[-1] - cols[0] + 3), np.uint8)
+        codes[1:-1, 1:-1] = np.minimum(layers[i][window], num_levels - 1) + 1
+        encode_window(codes, num_levels, semdist[i][window])
     return semdist
 
 
