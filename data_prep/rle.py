@@ -18,13 +18,13 @@ the mask in column-major order.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["RleError", "compress", "counts", "area", "box", "decode_into", "decode",
-           "encode"]
+__all__ = ["RleError", "compress", "counts", "counts_many", "area", "box", "boxes",
+           "decode_into", "decode", "encode"]
 
 # A run length needs at most 7 chunks below 2**35 pixels; longer numbers are corrupt.
 _MAX_CHUNKS = 7
@@ -129,6 +129,78 @@ def counts(compressed: bytes, height: int, width: int) -> np.ndarray:
         raise RleError(f"RLE runs cover {total} pixels but the image has "
                        f"{height} x {width} = {height * width}")
     return runs
+
+
+def counts_many(compressed: Sequence[bytes], height: int, width: int) -> list[np.ndarray]:
+    """``counts`` of several compressed counts at once, in one vectorized pass.
+
+    A typical mask's counts are a few hundred characters, so ``counts`` is mostly per-call
+    overhead; this parses all masks of an image together (about 4x faster for 20 masks).
+
+    Args:
+      compressed: [M] compressed COCO RLE counts.
+      height, width: image size; each mask's runs must cover exactly height * width pixels.
+
+    Returns:
+      [M] int64 [R_m] run lengths, background first (views of one array).
+
+    Raises:
+      RleError: the error ``counts`` raises for the first bad entry, with its position
+        in ``compressed`` as the attribute ``index``.
+    """
+    if not compressed:
+        return []
+    sizes = np.fromiter(map(len, compressed), np.int64, len(compressed))
+    chars = np.frombuffer(b"".join(compressed), np.uint8)
+    last = np.cumsum(sizes) - 1
+    valid = sizes.min() > 0 and chars.min() >= 48 and chars.max() <= 48 + 63
+    if valid:
+        chars = chars.astype(np.int64) - 48
+        more = (chars & 0x20) != 0
+        ends = np.flatnonzero(~more)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        lengths = ends - starts + 1
+        valid = not more[last].any() and lengths.max() <= _MAX_CHUNKS
+    if valid:
+        chunk = np.arange(chars.size) - np.repeat(starts, lengths)
+        values = np.add.reduceat((chars & 0x1F) << (5 * chunk), starts)
+        values -= np.where(chars[ends] & 0x10, np.int64(1) << (5 * lengths), 0)
+        # Numbers per mask (every mask ends on a complete number), and each number's
+        # position inside its mask: the delta decoding restarts at every mask.
+        bounds = np.searchsorted(ends, last, side="right")
+        first = np.concatenate([[0], bounds[:-1]])
+        owner = np.repeat(np.arange(len(compressed)), bounds - first)
+        odd = ((np.arange(values.size) - first[owner]) & 1).astype(bool)
+        even = ~odd
+        even[first] = False  # a mask's first run is not part of a chain
+        chain_odd, chain_even = np.cumsum(values * odd), np.cumsum(values * even)
+        # Neither chain includes a mask's first number, so its running sum there is the
+        # total of the masks before.
+        runs = np.where(odd, chain_odd - chain_odd[first][owner],
+                        np.where(even, chain_even - chain_even[first][owner], values))
+        valid = runs.min() >= 0 and (np.add.reduceat(runs, first) == height * width).all()
+    if valid:
+        return [runs[a:b] for a, b in zip(first.tolist(), bounds.tolist())]
+    for index, data in enumerate(compressed):
+        try:
+            counts(data, height, width)
+        except RleError as err:
+            err.index = index
+            raise
+    raise AssertionError("counts_many rejected counts that counts accepts")
+
+
+def boxes(compressed: Sequence[bytes], height: int, width: int) -> np.ndarray:
+    """int64 [M, 4] tight boxes (y1, x1, y2, x2), pixel edges, of checked compressed counts.
+
+    Computed by pycocotools' C code on the compressed counts, which must already have been
+    checked (``counts`` / ``counts_many``); zeros for empty masks.
+    """
+    if not compressed:
+        return np.zeros((0, 4), np.int64)
+    xywh = mask_utils.toBbox([{"size": [height, width], "counts": c} for c in compressed])
+    x, y, w, h = np.asarray(xywh, np.int64).T
+    return np.stack([y, x, y + h, x + w], axis=1)
 
 
 def area(runs: np.ndarray) -> int:

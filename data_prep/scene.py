@@ -186,16 +186,23 @@ def check_rle_size(rle: Any, height: int, width: int, where: str) -> None:
                             f"[{height}, {width}]")
 
 
-def _compress(segmentation: Any, height: int, width: int, where: str,
-              warnings: collections.Counter) -> tuple[bytes, np.ndarray]:
-    """Compressed RLE counts and checked run lengths of a segmentation (DataError on bad
-    input)."""
+def _compressed(segmentation: Any, height: int, width: int, where: str,
+                warnings: collections.Counter) -> bytes:
+    """Compressed RLE counts of a segmentation (DataError on bad input)."""
     check_rle_size(segmentation, height, width, where)
     try:
-        compressed = rle.compress(segmentation, height, width, warnings)
-        return compressed, rle.counts(compressed, height, width)
+        return rle.compress(segmentation, height, width, warnings)
     except rle.RleError as err:
         raise DataError(f"{where}: {err}") from None
+
+
+def _runs(compressed: list[bytes], wheres: list[str], height: int,
+          width: int) -> list[np.ndarray]:
+    """Checked run lengths of each compressed counts (DataError naming the bad one)."""
+    try:
+        return rle.counts_many(compressed, height, width)
+    except rle.RleError as err:
+        raise DataError(f"{wheres[err.index]}: {err}") from None
 
 
 def _same_rle(a: Any, b: Any) -> bool:
@@ -222,35 +229,47 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str,
     Raises:
       DataError: on a wrong RLE size, malformed polygons or corrupt counts.
     """
-    _, runs = _compress(segmentation, height, width, where, warnings)
-    return rle.decode(runs, height, width)
+    compressed = _compressed(segmentation, height, width, where, warnings)
+    return rle.decode(_runs([compressed], [where], height, width)[0], height, width)
 
 
-def _pairwise(amodal: np.ndarray, visible: np.ndarray, boxes: np.ndarray,
-              area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Overlaps and depth evidence of every pair, computed on box intersections only.
+def _order_conflicts(annotated: np.ndarray, amodal: np.ndarray, visible: np.ndarray,
+                     boxes: np.ndarray, area: np.ndarray) -> tuple[bool, bool]:
+    """Whether an annotated depth order ties or contradicts the masks.
+
+    Only pairs whose boxes meet are looked at, each on its box intersection, and only for
+    what the order needs: overlap for pairs of equal order, and for the others whether the
+    one annotated behind is seen where the one in front is hidden.
+
+    Args:
+      annotated: int [N] annotated orders (smaller = nearer).
+      amodal, visible: bool [N, H, W] masks.
+      boxes: float [N, 4] tight amodal boxes (y1, x1, y2, x2).
+      area: int [N] amodal areas.
 
     Returns:
-      overlap: bool [N, N], the amodal masks of i and j intersect (False on the diagonal).
-      front: bool [N, N], i is seen on enough pixels where j is hidden (i is in front of j).
+      (tie, contradiction): some overlapping pair has equal orders; some pair has the
+      one annotated behind seen on enough pixels where the other is hidden.
     """
-    n = amodal.shape[0]
-    overlap = np.zeros((n, n), bool)
-    pixels = np.zeros((n, n), np.int64)
     windows = boxes.astype(np.int64)
     lo = np.maximum(windows[:, None, :2], windows[None, :, :2])  # [N, N, 2] intersections
     hi = np.minimum(windows[:, None, 2:], windows[None, :, 2:])
     meet = (lo < hi).all(axis=-1)
+    tie = contradiction = False
     for i, j in zip(*np.nonzero(np.triu(meet, 1))):
         (y1, x1), (y2, x2) = lo[i, j], hi[i, j]
-        a_i, a_j = amodal[i, y1:y2, x1:x2], amodal[j, y1:y2, x1:x2]
-        v_i, v_j = visible[i, y1:y2, x1:x2], visible[j, y1:y2, x1:x2]
-        overlap[i, j] = overlap[j, i] = bool((a_i & a_j).any())
-        pixels[i, j] = np.count_nonzero(v_i & a_j & ~v_j)
-        pixels[j, i] = np.count_nonzero(v_j & a_i & ~v_i)
-    threshold = np.maximum(ORDER_EVIDENCE_MIN_PIXELS,
-                           ORDER_EVIDENCE_FRACTION * np.minimum(area[:, None], area[None]))
-    return overlap, pixels >= threshold
+        if annotated[i] == annotated[j]:
+            tie = tie or bool((amodal[i, y1:y2, x1:x2] & amodal[j, y1:y2, x1:x2]).any())
+        elif not contradiction:
+            back, front = (i, j) if annotated[i] > annotated[j] else (j, i)
+            threshold = max(ORDER_EVIDENCE_MIN_PIXELS,
+                            ORDER_EVIDENCE_FRACTION * min(area[back], area[front]))
+            seen = np.count_nonzero(visible[back, y1:y2, x1:x2] & amodal[front, y1:y2, x1:x2]
+                                    & ~visible[front, y1:y2, x1:x2])
+            contradiction = seen >= threshold
+        if tie and contradiction:
+            break
+    return tie, contradiction
 
 
 def _strict_rank(order: np.ndarray) -> np.ndarray:
@@ -278,11 +297,11 @@ def _resolve_order(source: SceneSource, given: list[int | None], amodal: np.ndar
             elif not a < b:
                 warnings["depth_constraint_conflict"] += 1
                 consistent = False
-        overlap, front = _pairwise(amodal, visible, boxes, area)
-        if (overlap & (annotated[:, None] == annotated[None, :])).any():
+        tie, contradiction = _order_conflicts(annotated, amodal, visible, boxes, area)
+        if tie:
             warnings["order_tie"] += 1
             consistent = False
-        if (front & (annotated[:, None] > annotated[None, :])).any():
+        if contradiction:
             warnings["order_contradicts_masks"] += 1
             consistent = False
         if consistent:
@@ -314,57 +333,78 @@ def load_scene(source: SceneSource, class_count: int,
       DataError: on RLE of the wrong size, undecodable segmentations or bad class ids.
     """
     h, w = source.height, source.width
-    m = len(source.instances)
-    # [M, W, H] C-order = [M, H, W] with column-major slices, the layout of COCO RLE.
-    amodal_store = np.zeros((m, w, h), bool)
-    visible_store = np.zeros((m, w, h), bool)
-    kept, amodal_rles, visible_rles, areas, visible_areas, boxes = [], [], [], [], [], []
+    # Every mask of the image is compressed first and parsed in one call (per-call overhead
+    # dominates for typical masks): the amodal masks, then the visible or invisible masks of
+    # the instances that are kept.
+    wheres, amodal_rles = [], []
     for inst in source.instances:
         where = _where(source, inst)
         if not 1 <= inst.class_id <= class_count:
             raise DataError(f"{where}: class id {inst.class_id} outside 1..{class_count}")
-        amodal_rle, runs = _compress(inst.amodal, h, w, where, warnings)
+        wheres.append(where)
+        amodal_rles.append(_compressed(inst.amodal, h, w, where, warnings))
         if inst.bbox is not None:
             x, y, bw, bh = inst.bbox
             if x < -0.5 or y < -0.5 or x + bw > w + 0.5 or y + bh > h + 0.5:
                 warnings["box_clipped"] += 1
-        area = rle.area(runs)
-        if area == 0:
-            warnings["empty_amodal_skipped"] += 1
+    amodal_runs = _runs(amodal_rles, wheres, h, w)
+    areas = [rle.area(runs) for runs in amodal_runs]
+    keep = [i for i, area in enumerate(areas) if area > 0]
+    if len(keep) < len(amodal_runs):
+        warnings["empty_amodal_skipped"] += len(amodal_runs) - len(keep)
+    # Per kept instance, where its visible mask comes from: "same" (the amodal RLE, as
+    # unoccluded instances often store it again), "visible" or "invisible" (its complement
+    # in the amodal mask).
+    kinds, other_rles, other_wheres = [], [], []
+    for i in keep:
+        inst = source.instances[i]
+        if inst.visible is not None and not _same_rle(inst.visible, inst.amodal):
+            kinds.append("visible")
+            other_rles.append(_compressed(inst.visible, h, w, wheres[i], warnings))
+        elif inst.visible is None and inst.invisible is not None:
+            kinds.append("invisible")
+            other_rles.append(_compressed(inst.invisible, h, w, wheres[i], warnings))
+        else:
+            kinds.append("same")
             continue
-        slot = len(kept)
+        other_wheres.append(wheres[i])
+    other_runs = iter(_runs(other_rles, other_wheres, h, w))
+    other_compressed = iter(other_rles)
+    n = len(keep)
+    # [N, W, H] C-order = [N, H, W] with column-major slices, the layout of COCO RLE.
+    amodal_store = np.zeros((n, w, h), bool)
+    visible_store = np.zeros((n, w, h), bool)
+    boxes = rle.boxes([amodal_rles[i] for i in keep], h, w)
+    visible_rles, visible_areas = [], []
+    for slot, (i, kind) in enumerate(zip(keep, kinds)):
+        runs, area = amodal_runs[i], areas[i]
         rle.decode_into(runs, amodal_store[slot].reshape(-1))
         amodal, visible = amodal_store[slot].T, visible_store[slot].T
-        box = rle.box(runs, h)
-        window = (slice(box[0], box[2]), slice(box[1], box[3]))
-        if inst.visible is not None and _same_rle(inst.visible, inst.amodal):
-            # Unoccluded instances often store the amodal RLE again as the visible one.
+        if kind == "same":
             rle.decode_into(runs, visible_store[slot].reshape(-1))
-            visible_rle, visible_area = amodal_rle, area
-        elif inst.visible is not None:
-            visible_rle, visible_runs = _compress(inst.visible, h, w, where, warnings)
+            visible_rle, visible_area = amodal_rles[i], area
+        elif kind == "visible":
+            visible_rle, visible_runs = next(other_compressed), next(other_runs)
             rle.decode_into(visible_runs, visible_store[slot].reshape(-1))
             visible_area = rle.area(visible_runs)
+            y1, x1, y2, x2 = boxes[slot]
+            window = (slice(y1, y2), slice(x1, x2))
             # Inside the amodal mask iff every visible pixel is in its intersection with it.
             if np.count_nonzero(visible[window] & amodal[window]) < visible_area:
                 warnings["visible_outside_amodal"] += 1
                 visible[...] = visible & amodal
                 visible_rle = rle.encode(visible)
                 visible_area = int(np.count_nonzero(visible[window]))
-        elif inst.invisible is not None:
-            _, hidden_runs = _compress(inst.invisible, h, w, where, warnings)
-            visible[...] = amodal & ~rle.decode(hidden_runs, h, w)
+        else:
+            next(other_compressed)
+            visible[...] = amodal & ~rle.decode(next(other_runs), h, w)
             visible_rle = rle.encode(visible)
             visible_area = int(np.count_nonzero(visible))
-        else:
-            rle.decode_into(runs, visible_store[slot].reshape(-1))
-            visible_rle, visible_area = amodal_rle, area
-        kept.append(inst)
-        amodal_rles.append(amodal_rle)
         visible_rles.append(visible_rle)
-        areas.append(area)
         visible_areas.append(visible_area)
-        boxes.append(box)
+    kept = [source.instances[i] for i in keep]
+    amodal_rles = [amodal_rles[i] for i in keep]
+    areas = [areas[i] for i in keep]
     n = len(kept)
     amodal, visible = amodal_store[:n].transpose(0, 2, 1), visible_store[:n].transpose(0, 2, 1)
     area = np.asarray(areas, np.int64).reshape(n)

@@ -31,6 +31,45 @@ def test_decode_area_box_match_pycocotools(mask):
     assert rle.encode(mask) == encoded["counts"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2 ** 32 - 1),
+                 st.integers(1, 12)))
+def test_counts_many_and_boxes_match_one_at_a_time(args):
+    # Several masks of one image: empty, full, sparse and dense, so that the delta chains
+    # of neighbouring masks have every length and parity.
+    h, w, seed, m = args
+    rng = np.random.default_rng(seed)
+    masks = rng.random((m, h, w)) < rng.random((m, 1, 1))
+    masks[rng.random(m) < 0.2] = False
+    masks[rng.random(m) < 0.1] = True
+    compressed = [rle.encode(mask) for mask in masks]
+    many = rle.counts_many(compressed, h, w)
+    assert len(many) == m
+    for runs, data, mask in zip(many, compressed, masks):
+        np.testing.assert_array_equal(runs, rle.counts(data, h, w))
+        np.testing.assert_array_equal(rle.decode(runs, h, w), mask)
+    want = layering.masks_to_boxes(masks).astype(np.int64)
+    want[~masks.any(axis=(1, 2))] = 0
+    np.testing.assert_array_equal(rle.boxes(compressed, h, w), want)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"", "empty RLE counts"),
+    (b"0 1", "outside the COCO alphabet"),
+    (b"1P", "truncated"),
+    (b"1" + b"o" * 8 + b"0", "too large"),
+    (b"1@", "negative run length"),
+    (b"12", "RLE runs cover 3 pixels"),
+    (b"0", "RLE runs cover 0 pixels"),
+])
+def test_counts_many_names_the_first_bad_entry(bad, message):
+    good = rle.encode(np.eye(4, dtype=bool))
+    with pytest.raises(rle.RleError, match=message) as err:
+        rle.counts_many([good, bad, b"", good], 4, 4)
+    assert err.value.index == 1
+    assert rle.counts_many([], 4, 4) == [] and rle.boxes([], 4, 4).shape == (0, 4)
+
+
 def test_decode_into_writes_only_the_foreground_span():
     mask = np.zeros((6, 5), bool)
     mask[2:4, 1:3] = True

@@ -162,3 +162,37 @@ def test_missing_orders_come_from_visibility():
     scene = load_scene(_source(instances), 1, warnings)
     assert warnings["order_from_visibility"] == 1
     assert scene.order.tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize("field", ["amodal", "visible"])
+def test_corrupt_counts_name_their_annotation(field):
+    # Every mask of an image is parsed in one batch; the error still names the bad one.
+    good = rle(_box(1, 1, 6, 6))
+    corrupt = {"counts": good["counts"][:-1] + "P", "size": [H, W]}  # ends inside a number
+    instances = [InstanceSource(1, 1, good, visible=rle(_box(1, 1, 6, 3))),
+                 InstanceSource(2, 1, corrupt if field == "amodal" else good,
+                                visible=corrupt if field == "visible" else rle(_box(1, 1, 3, 3))),
+                 InstanceSource(3, 1, good)]
+    with pytest.raises(DataError, match=r"ann.json: image 3, annotation 2: RLE counts end "
+                                        r"inside a number"):
+        load_scene(_source(instances), 1, collections.Counter())
+
+
+def test_mixed_visible_sources_in_one_scene():
+    # Each instance keeps its own visible source after the masks are parsed together:
+    # the amodal RLE again, a visible mask, an invisible mask, an empty (skipped) amodal.
+    a0, a1, a2 = _box(0, 0, 8, 8), _box(4, 4, 14, 14), _box(10, 20, 20, 30)
+    v1, hidden2 = _box(8, 8, 14, 14), _box(10, 20, 12, 30)
+    warnings = collections.Counter()
+    scene = load_scene(_source([
+        InstanceSource(1, 1, rle(a0), visible=rle(a0)),
+        InstanceSource(2, 1, rle(np.zeros((H, W), bool)), visible=rle(v1)),
+        InstanceSource(3, 1, rle(a1), visible=rle(v1)),
+        InstanceSource(4, 1, rle(a2), invisible=rle(hidden2)),
+    ]), 1, warnings)
+    assert scene.ann_ids.tolist() == [1, 3, 4] and warnings["empty_amodal_skipped"] == 1
+    for i, (a, v) in enumerate([(a0, a0), (a1, v1), (a2, a2 & ~hidden2)]):
+        np.testing.assert_array_equal(scene.amodal[i], a)
+        np.testing.assert_array_equal(scene.visible[i], v)
+        assert scene.visible_rle_counts()[i] == rle(v)["counts"].encode()
+    np.testing.assert_array_equal(scene.boxes, [[0, 0, 8, 8], [4, 4, 14, 14], [10, 20, 20, 30]])
