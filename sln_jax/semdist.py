@@ -21,6 +21,8 @@ returns the clipped layers. See ``docs/SLN.md`` section 2.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -30,10 +32,12 @@ __all__ = ["encode", "encode_window", "decode", "depth_order", "MAX_FRACTION"]
 MAX_FRACTION = np.float32(1.0 - 2.0 ** -10)
 
 
+@functools.lru_cache(maxsize=None)
 def _level_codes(num_levels: int) -> np.ndarray:
-    """float32 [256] lookup table: layer code c = L + 1 -> K - L (0 for c = 0)."""
+    """float32 [256] lookup table: layer code c = L + 1 -> K - L (0 for c = 0); read-only."""
     table = np.zeros(256, np.float32)
     table[1:num_levels + 1] = num_levels - np.arange(num_levels)
+    table.flags.writeable = False
     return table
 
 

@@ -2,6 +2,7 @@
 
 import itertools
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -89,3 +90,40 @@ def test_decode_reads_regressed_values():
     pred = np.array([[[-0.3, 0.99, 1.2, 3.7, 4.0, 6.5]]], np.float32)
     out = semdist.decode(pred, 4)
     np.testing.assert_array_equal(out["layers"][0, 0], [-1, -1, 3, 1, 0, 0])
+
+
+def _whole_map_reference(layers, k):
+    """The definition, one whole-map distance transform per instance and level."""
+    out = np.zeros(layers.shape, np.float32)
+    for i, instance in enumerate(layers):
+        clipped = np.minimum(instance, k - 1)
+        out[i] = np.where(instance >= 0, k - clipped, 0)
+        for level in range(k):
+            region = ((clipped == level) & (instance >= 0)).astype(np.uint8)
+            padded = cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+            dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+            if dist.max() > 0:
+                out[i] += np.clip((dist - 1.0) / float(dist.max()), 0.0, semdist.MAX_FRACTION)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenes(), st.integers(2, 5))
+def test_windowed_encode_equals_whole_map_definition(scene, k):
+    # encode works per instance box and per level box; the result must be bit-identical
+    # to the whole-map transforms, including instances cut by the image edge.
+    layers = layering.instance_layers(scene["amodal"], scene["order"])
+    np.testing.assert_array_equal(semdist.encode(layers, k), _whole_map_reference(layers, k))
+
+
+def test_encode_window_counts_and_border():
+    layers = np.full((9, 12), -1)
+    layers[0:5, 0:7] = 0  # touches the image corner
+    layers[2:5, 4:7] = 1
+    layers[3:4, 5:6] = 3  # clipped to K - 1 = 2
+    codes = np.zeros((11, 14), np.uint8)
+    codes[1:-1, 1:-1] = np.minimum(layers, 2) + 1
+    out = np.zeros((9, 12), np.float32)
+    counts = semdist.encode_window(codes, 3, out)
+    np.testing.assert_array_equal(counts, [9 * 12 - 35, 26, 8, 1])
+    np.testing.assert_array_equal(out, _whole_map_reference(layers[None], 3)[0])
