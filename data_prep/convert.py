@@ -192,7 +192,7 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
             "order": int(sum(warnings[key] for key in order_keys)),
             "visible_layer": int(warnings["visible_layer_conflict"]),
         },
-        "warnings": dict(sorted(warnings.items())),
+        "warnings": dict(sorted((key, n) for key, n in warnings.items() if n)),
     }
 
 

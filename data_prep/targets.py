@@ -124,7 +124,8 @@ def build_targets(scene: Scene, num_layers: int, mask_target_size: int,
         semdist_maps[i, wh:, :ww] = semdist_maps[i, wh - 1, :ww]
         semdist_maps[i, :, ww:] = semdist_maps[i, :, ww - 1:ww]
     relative = scene.boxes - np.tile(windows[:, :2], 2).astype(np.float32)
-    warnings["visible_layer_conflict"] += int(conflicts)
+    if conflicts:
+        warnings["visible_layer_conflict"] += int(conflicts)
     return Targets(
         global_layers=ahead,
         layer_crops=layering.crop_to_boxes(codes, relative + 1, p, method="nearest", fill=0),
