@@ -6,7 +6,8 @@ conversions: it is 2.5x faster than ``pycocotools.mask.decode`` (0.13 vs 0.31 ms
 most of which is the byte-by-byte C loop and a Fortran-order copy), it yields the run
 lengths from which area and box follow without a pass over the mask, and it validates the
 counts: pycocotools writes past the mask on runs longer than the image and leaves memory
-uninitialized on shorter ones.
+uninitialized on shorter ones. ``counts_many`` parses all masks of an image in one call;
+boxes of checked counts come from pycocotools' C code (``boxes``).
 
 Compressed counts (pycocotools ``rleToString``): each run length is a signed varint in
 5-bit chunks, chunk + 48 as a character, bit 0x20 meaning "more chunks", bit 0x10 of the
