@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tqdm
 
 from amodal_files import cocoa_samples, layered_scene, write_d2sa
 from data_prep import convert, d2sa, records
@@ -71,7 +72,7 @@ def test_round_trip_and_metadata(dataset, capsys):
     data = d2sa.read(path, images)
     parsed = _read_records(output)
     assert [p["image_id"] for p in parsed] == [s.image_id for s in data.sources]
-    layer_pixels = np.zeros(K, np.int64)
+    layer_pixels, global_pixels = np.zeros(K, np.int64), np.zeros(K, np.int64)
     for source, rec in zip(data.sources, parsed):
         scene = load_scene(source, 3, collections.Counter())
         targets = build_targets(scene, K, P, collections.Counter())
@@ -83,7 +84,9 @@ def test_round_trip_and_metadata(dataset, capsys):
         with open(source.image_path, "rb") as f:
             assert rec["image"] == f.read()
         layer_pixels += targets.layer_pixels
+        global_pixels += np.bincount(rec["global_layers"].ravel(), minlength=K)
     assert stats["instance_layer_pixels"] == layer_pixels.tolist()
+    assert stats["global_layer_pixels"] == global_pixels.tolist()
 
 
 def test_resume_redoes_only_the_crashed_shard(dataset, monkeypatch):
@@ -198,13 +201,30 @@ def test_cocoa_samples(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_write_the_same_shards(dataset, tmp_path):
+def test_two_workers_write_the_same_shards(dataset, tmp_path, monkeypatch):
     path, images, output = dataset
     assert _run(path, images, output, "--num_shards", "3") == 0
     parallel = str(tmp_path / "parallel")
+    updates = []
+
+    class Bar:  # stands in for tqdm: the workers' batched progress reports add up
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            updates.append(n)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
     assert convert.main(["--dataset", "d2sa", "--annotations", path, "--images", images,
                          "--output", parallel, "--num_layers", str(K), "--mask_target_size",
-                         str(P), "--workers", "2", "--no_progress", "--num_shards", "3"]) == 0
+                         str(P), "--workers", "2", "--num_shards", "3"]) == 0
+    assert sum(updates) == 6
     for i in range(3):
         name = convert.shard_name("train", i, 3)
         with open(os.path.join(output, name), "rb") as a, \
