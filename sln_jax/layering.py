@@ -245,10 +245,12 @@ def _bilinear(maps: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     x1 = np.minimum(x0 + 1, w - 1)
     wy = (ys - y0)[:, :, None]
     wx = (xs - x0)[:, None, :]
-    idx = np.arange(n)[:, None, None]
+    # Gathers by flat index: np.take is about twice as fast as 3-D fancy indexing.
+    flat = np.ascontiguousarray(maps).reshape(-1)
+    rows = np.arange(n)[:, None] * h
 
     def at(yy, xx):
-        return maps[idx, yy[:, :, None], xx[:, None, :]].astype(np.float64)
+        return flat.take((rows + yy)[:, :, None] * w + xx[:, None, :]).astype(np.float64)
 
     top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
     bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx

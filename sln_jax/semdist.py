@@ -77,10 +77,14 @@ def encode_window(codes: np.ndarray, num_levels: int, out: np.ndarray) -> np.nda
         peak = float(dist.max())
         if peak <= 0:
             continue
-        # The transform is 0 outside the region, so the clip also zeroes the outside.
+        # The transform is 0 outside the region, so clipping at 0 also zeroes the outside
+        # (OpenCV's threshold is a faster clip).
         dist -= 1.0
         np.divide(dist, peak, out=dist)
-        target += np.clip(dist, 0.0, MAX_FRACTION, out=dist)
+        dist = cv2.threshold(dist, 0.0, 0.0, cv2.THRESH_TOZERO)[1]
+        if peak > 1.0 / (1.0 - MAX_FRACTION):
+            np.minimum(dist, MAX_FRACTION, out=dist)
+        target += dist
     return counts
 
 

@@ -127,3 +127,12 @@ def test_encode_window_counts_and_border():
     counts = semdist.encode_window(codes, 3, out)
     np.testing.assert_array_equal(counts, [9 * 12 - 35, 26, 8, 1])
     np.testing.assert_array_equal(out, _whole_map_reference(layers[None], 3)[0])
+
+
+def test_fraction_stays_below_one_for_huge_regions():
+    # Regions deeper than 1024 pixels would give (d - 1) / peak > MAX_FRACTION; the clamp
+    # keeps floor() on the level.
+    layers = np.zeros((1, 2060, 2060), np.int16)
+    encoded = semdist.encode(layers, 2)
+    assert encoded.max() == np.float32(2) + semdist.MAX_FRACTION
+    np.testing.assert_array_equal(semdist.decode(encoded, 2)["layers"], 0)
