@@ -43,6 +43,13 @@ __all__ = ["SCHEMA_VERSION", "encode_png", "serialize", "parse", "parse_tf"]
 
 SCHEMA_VERSION = 1
 
+_KEYS = frozenset({
+    "schema_version", "image/encoded", "image/format", "image/id", "image/height",
+    "image/width", "instance/ann_id", "instance/boxes", "instance/classes", "instance/order",
+    "instance/occlusion", "instance/area", "instance/is_stuff", "instance/amodal_rle",
+    "instance/visible_rle", "targets/global_layers", "targets/layers", "targets/semdist",
+})
+
 # Level 1, no row filter, run-length deflate: layer maps are runs of a few values, and
 # this is 4x faster than OpenCV's default filtering with smaller files (0.8 vs 3.3 ms and
 # 4.5 vs 7.9 KB for a 512 x 512 global layering map).
@@ -60,12 +67,6 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def _decode_png(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-
-
-def _train():
-    # Imported lazily: importing tensorflow is slow and only record I/O needs it.
-    import tensorflow as tf
-    return tf.train
 
 
 def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
@@ -111,7 +112,7 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
 
 
 def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
-    """Parse a record back to NumPy (for tests, evaluation and inspection).
+    """Parse a record back to NumPy (for tests, evaluation and inspection; no TensorFlow).
 
     Returns:
       dict: ``schema_version`` int, ``image`` bytes, ``format`` str, ``image_id`` int,
@@ -119,22 +120,31 @@ def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
       ``classes`` / ``order`` int32 [N], ``occlusion`` float32 [N], ``area`` int64 [N],
       ``is_stuff`` bool [N], ``amodal`` / ``visible`` bool [N, H, W],
       ``global_layers`` uint8 [H, W], ``layer_crops`` / ``semdist_crops`` uint8 [N, P, P].
+
+    Raises:
+      ValueError: when the bytes are not an Example or lack a feature of the schema.
     """
-    pb = _train()
-    f = pb.Example.FromString(serialized).features.feature
+    try:
+        f = tfrecord.parse_example(serialized)
+    except ValueError as err:
+        raise ValueError(f"not a tf.train.Example: {err}") from None
+    missing = sorted(_KEYS - f.keys())
+    if missing:
+        raise ValueError(f"record lacks the features {missing} (schema version "
+                         f"{SCHEMA_VERSION} expected)")
 
     def ints(key):
-        return np.asarray(f[key].int64_list.value, np.int64)
+        return np.asarray(f[key], np.int64)
 
     def one(key):
-        return f[key].bytes_list.value[0]
+        return f[key][0]
 
     h, w = int(ints("image/height")[0]), int(ints("image/width")[0])
-    n = len(f["instance/ann_id"].int64_list.value)
+    n = len(f["instance/ann_id"])
     p = mask_target_size
 
     def masks(key):
-        counts = list(f[key].bytes_list.value)
+        counts = list(f[key])
         if not counts:
             return np.zeros((0, h, w), bool)
         decoded = mask_utils.decode([{"size": [h, w], "counts": c} for c in counts])
@@ -152,10 +162,10 @@ def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
         "height": h,
         "width": w,
         "ann_ids": ints("instance/ann_id"),
-        "boxes": np.asarray(f["instance/boxes"].float_list.value, np.float32).reshape(n, 4),
+        "boxes": np.asarray(f["instance/boxes"], np.float32).reshape(n, 4),
         "classes": ints("instance/classes").astype(np.int32),
         "order": ints("instance/order").astype(np.int32),
-        "occlusion": np.asarray(f["instance/occlusion"].float_list.value, np.float32),
+        "occlusion": np.asarray(f["instance/occlusion"], np.float32),
         "area": ints("instance/area"),
         "is_stuff": ints("instance/is_stuff").astype(bool),
         "amodal": masks("instance/amodal_rle"),

@@ -2,6 +2,9 @@
 
 import collections
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from data_prep import d2sa, records
 from data_prep.images import read_image
 from data_prep.scene import load_scene
 from data_prep.targets import build_targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 K, P = 4, 12
 
@@ -85,3 +90,18 @@ def test_scene_without_kept_rle_serializes_identically(example):
     for scene, image, targets, serialized in example:
         bare = dataclasses.replace(scene, amodal_rle=None, visible_rle=None, area=None)
         assert records.serialize(bare, image, targets) == serialized
+
+
+def test_parse_needs_no_tensorflow_and_rejects_other_bytes():
+    # Parsing records (tests, inspection) runs in a process without TensorFlow.
+    script = (
+        "import sys\n"
+        "from data_prep import records, tfrecord\n"
+        "import pytest\n"
+        "with pytest.raises(ValueError, match='not a tf.train.Example'):\n"
+        "    records.parse(b'\\x0a\\x05ab', 8)\n"
+        "with pytest.raises(ValueError, match='lacks the features'):\n"
+        "    records.parse(tfrecord.example({'image/id': tfrecord.Int64Feature([1])}), 8)\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)

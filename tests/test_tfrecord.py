@@ -97,3 +97,58 @@ def test_read_records_detects_corruption_and_truncation(tmp_path):
     (tmp_path / "len").write_bytes(bytes(bad))
     with pytest.raises(ValueError, match="corrupt record length at byte 0"):
         list(tfrecord.read_records(tmp_path / "len"))
+
+
+def _same_features(parsed: dict, features: dict) -> None:
+    assert sorted(parsed) == sorted(features)
+    for key, value in features.items():
+        assert type(parsed[key]) is type(value)
+        if isinstance(value, tfrecord.FloatFeature):
+            assert list(parsed[key]) == np.float32(list(value)).tolist()
+        else:
+            assert list(parsed[key]) == list(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_FEATURES)
+def test_parse_example_inverts_example(features):
+    _same_features(tfrecord.parse_example(tfrecord.example(features)), features)
+
+
+def test_parse_example_reads_any_protobuf_writer():
+    # Unpacked lists, fields out of order, unknown fields, a key given twice and a list
+    # split in two: what TensorFlow's own parser makes of these bytes, ours must too.
+    def field(number, payload):
+        return tfrecord._field(number, payload)
+
+    def varint_field(number, value):
+        return tfrecord._varint(number << 3) + tfrecord._varint(value % (1 << 64))
+
+    unpacked_ints = varint_field(1, 5) + varint_field(1, -7)
+    unpacked_floats = b"".join(tfrecord._varint(1 << 3 | 5) + np.float32(v).tobytes()
+                               for v in (0.5, -2.25))
+    entries = [
+        field(2, field(3, unpacked_ints)) + field(1, b"ints"),  # value before key
+        field(1, b"floats") + field(2, field(2, unpacked_floats)),
+        field(1, b"twice") + field(2, field(1, field(1, b"old"))),
+        field(1, b"twice") + field(2, field(1, field(1, b"new"))),
+        field(1, b"split") + field(2, field(1, field(1, b"a")) + field(1, field(1, b"b"))),
+        field(1, b"unknown") + field(2, field(1, field(1, b"x")) + varint_field(9, 1)),
+    ]
+    data = field(1, b"".join(field(1, e) for e in entries)) + varint_field(7, 3)
+    want = tf.train.Example.FromString(data).features.feature
+    parsed = tfrecord.parse_example(data)
+    assert list(parsed["ints"]) == list(want["ints"].int64_list.value) == [5, -7]
+    assert list(parsed["floats"]) == list(want["floats"].float_list.value) == [0.5, -2.25]
+    assert list(parsed["twice"]) == list(want["twice"].bytes_list.value) == [b"new"]
+    assert list(parsed["split"]) == list(want["split"].bytes_list.value) == [b"a", b"b"]
+    assert list(parsed["unknown"]) == [b"x"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(_FEATURES.filter(bool), st.data())
+def test_parse_example_rejects_truncated_bytes(features, data):
+    serialized = tfrecord.example(features)
+    cut = data.draw(st.integers(1, len(serialized) - 1))
+    with pytest.raises(ValueError, match="malformed protobuf"):
+        tfrecord.parse_example(serialized[:cut])
