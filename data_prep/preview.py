@@ -1,0 +1,239 @@
+"""Pictures of converted records: what the TFRecords hold, drawn for a person to check.
+
+    python -m data_prep.preview --records DIR [--split train] [--num 8] [--output DIR]
+
+For each of the first ``--num`` records of a split, one PNG (``OUTPUT/{split}_{image id}.png``,
+``OUTPUT`` defaulting to ``DIR/previews``) shows what training will read, not a
+recomputation: the image with the stored amodal and visible masks (visible parts filled,
+occluded parts hatched, amodal outlines), the stored global layering map, the depth-order
+graph of the stored order, and each instance's stored P x P layer and sem-dist crops. It is
+the quickest check that a real dataset (COCOA's quirks, D2SA's large images) converted as
+intended. Records are read without TensorFlow (``data_prep.tfrecord``), checking their CRCs;
+each picture is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from typing import Iterator, Mapping
+
+import cv2
+import numpy as np
+
+from data_prep import records, tfrecord
+from data_prep.convert import METADATA
+from data_prep.scene import DataError
+from data_prep.targets import dequantize_semdist
+
+__all__ = ["order_graph", "read_split", "render", "preview", "main"]
+
+PER_ROW = 4  # instances per row of crop panels (each instance: layer and sem-dist crop)
+
+
+def order_graph(amodal: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Pairwise depth order of overlapping instances from a strict depth rank.
+
+    Args:
+      amodal: bool [N, H, W] amodal masks.
+      order: int [N] depth rank, smaller = nearer.
+
+    Returns:
+      int8 [N, N]: +1 where i is in front of j and their amodal masks overlap, -1 for the
+      reverse, 0 otherwise (``visualize.depth_order_graph``'s input).
+    """
+    n = amodal.shape[0]
+    flat = amodal.reshape(n, amodal[0].size if n else 0).astype(np.float32)
+    overlap = (flat @ flat.T) > 0
+    order = np.asarray(order)
+    graph = np.sign(order[None, :] - order[:, None]) * overlap
+    np.fill_diagonal(graph, 0)
+    return graph.astype(np.int8)
+
+
+def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, dict]]]:
+    """The metadata of a converted directory and its split's parsed records, in file order.
+
+    Args:
+      records_dir: output directory of ``data_prep.convert``.
+      split: split name.
+
+    Returns:
+      (metadata dict, iterator of (shard file name, ``records.parse`` dict)).
+
+    Raises:
+      DataError: without metadata, for an unknown split or a missing shard.
+    """
+    path = os.path.join(records_dir, METADATA)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; is {records_dir} a data_prep.convert output?") \
+            from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON ({err})") from None
+    splits = metadata.get("splits", {})
+    if split not in splits:
+        raise DataError(f"{path}: no split {split!r}; converted splits: {sorted(splits)}")
+    files = splits[split]["files"]
+    for name in files:
+        if not os.path.isfile(os.path.join(records_dir, name)):
+            raise DataError(f"{os.path.join(records_dir, name)}: shard listed in the metadata "
+                            "is missing")
+
+    def parsed() -> Iterator[tuple[str, dict]]:
+        for name in files:
+            for data in tfrecord.read_records(os.path.join(records_dir, name)):
+                yield name, records.parse(data, metadata["mask_target_size"])
+
+    return metadata, parsed()
+
+
+def _image(record: dict) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(f"image {record['image_id']}: stored image bytes do not decode")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, str],
+           source: str = "") -> None:
+    """Write the picture of one parsed record (see the module docstring).
+
+    Args:
+      path: output PNG; written to ``path + '.tmp'`` first, then renamed.
+      record: a ``records.parse`` dict.
+      num_layers: K of the conversion.
+      class_names: class id -> name.
+      source: shard name shown in the title.
+    """
+    from matplotlib import colors as mcolors
+    from matplotlib.figure import Figure
+
+    from sln_jax import visualize  # matplotlib is only needed for pictures
+
+    image = _image(record)
+    amodal, visible = record["amodal"], record["visible"]
+    n, k = amodal.shape[0], num_layers
+    names = [class_names.get(int(c), str(int(c))) for c in record["classes"]]
+    factor = max(1, math.ceil(384 / max(image.shape[:2])))
+    # Drawn larger than small images, so outlines, hatching and labels stay legible.
+    drawn = visualize.draw_instances(
+        np.repeat(np.repeat(image, factor, 0), factor, 1),
+        np.repeat(np.repeat(amodal, factor, 1), factor, 2),
+        np.repeat(np.repeat(visible, factor, 1), factor, 2), labels=names)
+
+    rows = math.ceil(n / PER_ROW)
+    fig = Figure(figsize=(16, 4.6 + 2.2 * rows), dpi=100, layout="constrained")
+    fig.suptitle(f"image {record['image_id']} ({record['height']}x{record['width']}), {n} "
+                 f"instances, {int((record['occlusion'] > 0).sum())} occluded"
+                 + (f"  [{source}]" if source else ""), fontsize=11)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.4, max(2.2 * rows, 0.01)])
+    axes = top.subplots(1, 3, width_ratios=[1, 1.2, 1])
+    axes[0].imshow(drawn, interpolation="nearest")
+    axes[0].set_title("stored masks: visible filled, occluded hatched", fontsize=10)
+    layer_colors = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
+        tuple(c) for c in np.linspace((0.25, 0.45, 0.85), (1.0, 0.85, 0.2), k - 1)])
+    shown = axes[1].imshow(record["global_layers"], cmap=layer_colors, vmin=-0.5,
+                           vmax=k - 0.5, interpolation="nearest")
+    axes[1].set_title(f"stored global layers (objects per pixel, K = {k})", fontsize=10)
+    top.colorbar(shown, ax=axes[1], ticks=range(k), shrink=0.85).ax.tick_params(labelsize=8)
+    for ax in axes[:2]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    visualize.depth_order_graph(axes[2], order_graph(amodal, record["order"]), names)
+    axes[2].set_title("stored depth order (arrow: in front of)", fontsize=10)
+
+    if n:
+        crop_colors = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
+            tuple(c) for c in np.linspace((1.0, 0.85, 0.2), (0.25, 0.45, 0.85), k)])
+        grid = bottom.subplots(rows, 2 * PER_ROW, squeeze=False)
+        colors = visualize.instance_colors(n) / 255.0
+        semdist = dequantize_semdist(record["semdist_crops"], k)
+        for slot, ax in enumerate(grid.flat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            i, which = divmod(slot, 2)
+            if i >= n:
+                ax.set_axis_off()
+                continue
+            if which == 0:
+                layers = ax.imshow(record["layer_crops"][i], cmap=crop_colors, vmin=-0.5,
+                                   vmax=k + 0.5, interpolation="nearest")
+                ax.set_title(f"{i} {names[i]} layers", fontsize=8)
+            else:
+                sem = ax.imshow(semdist[i], cmap="magma", vmin=0, vmax=k + 1,
+                                interpolation="nearest")
+                ax.set_title(f"occ {record['occlusion'][i]:.0%} sem-dist", fontsize=8)
+            for side in ax.spines.values():
+                side.set_edgecolor(colors[i])
+                side.set_linewidth(3)
+        for shown, ticks, label in ((layers, range(k + 1), "layer + 1 (0: outside)"),
+                                    (sem, range(k + 2), "sem-dist")):
+            bar = bottom.colorbar(shown, ax=grid, shrink=0.8, ticks=ticks, pad=0.01)
+            bar.set_label(label, fontsize=8)
+            bar.ax.tick_params(labelsize=8)
+    tmp = path + ".tmp"
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def preview(records_dir: str, split: str = "train", num: int = 8, output: str | None = None,
+            progress: bool = True) -> list[str]:
+    """Pictures of the first ``num`` records of a split; returns the written paths.
+
+    Raises:
+      DataError: see ``read_split``; ValueError on a corrupt shard or record.
+    """
+    from tqdm import tqdm
+
+    if num < 1:
+        raise DataError(f"--num must be >= 1, got {num}")
+    metadata, parsed = read_split(records_dir, split)
+    output = output or os.path.join(records_dir, "previews")
+    os.makedirs(output, exist_ok=True)
+    class_names = {int(c): name for c, name in metadata.get("classes", {}).items()}
+    count = min(num, sum(metadata["splits"][split]["examples_per_file"]))
+    paths = []
+    for name, record in tqdm(itertools.islice(parsed, count), total=count,
+                             desc=f"preview {split}", unit="img", disable=not progress):
+        path = os.path.join(output, f"{split}_{record['image_id']}.png")
+        render(path, record, metadata["num_layers"], class_names, source=name)
+        paths.append(path)
+    return paths
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.preview",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--records", required=True, help="data_prep.convert output directory")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num", type=int, default=8, help="records to draw, from the start")
+    parser.add_argument("--output", default=None, help="default: RECORDS/previews")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        paths = preview(args.records, args.split, args.num, args.output,
+                        progress=not args.no_progress)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(paths)} pictures -> {os.path.dirname(paths[0]) if paths else args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
