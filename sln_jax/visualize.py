@@ -183,9 +183,12 @@ def depth_order_graph(ax, depth_order: np.ndarray, labels: Sequence[str] | None 
     front = depth_order > 0
     levels = _depth_levels(front)
     xs = np.zeros(n)
+    label_drop = np.full(n, 0.28)
     for lv in np.unique(levels):
         members = np.flatnonzero(levels == lv)
         xs[members] = np.linspace(0, 1, len(members) + 2)[1:-1]
+        if len(members) > 5:  # crowded row: stagger the captions so neighbours don't overlap
+            label_drop[members[1::2]] = 0.46
     ys = -levels.astype(np.float64)
     colors = instance_colors(n) / 255.0
     radius = 0.045
@@ -198,7 +201,8 @@ def depth_order_graph(ax, depth_order: np.ndarray, labels: Sequence[str] | None 
         ax.text(xs[i], ys[i], str(i), ha="center", va="center", fontsize=9, zorder=4,
                 color="black" if colors[i] @ (0.299, 0.587, 0.114) > 0.55 else "white")
         if labels is not None:
-            ax.text(xs[i], ys[i] - 0.28, str(labels[i]), ha="center", va="top", fontsize=7)
+            ax.text(xs[i], ys[i] - label_drop[i], str(labels[i]), ha="center", va="top",
+                    fontsize=7)
     depth = int(levels.max()) if n else 0
     ax.set_xlim(-radius, 1 + radius)
     ax.set_ylim(-depth - 0.6, 0.5)

@@ -88,6 +88,19 @@ def test_depth_order_graph_places_front_above_back():
     assert {"0", "1", "2", "3", "a", "d"} <= captions
 
 
+def test_depth_order_graph_staggers_captions_of_crowded_rows():
+    # Eight unrelated instances share the front row; long class names must not run into
+    # each other, so neighbouring captions sit at different heights.
+    names = [f"photo_patch_{i}" for i in range(8)]
+    ax = Figure().subplots()
+    visualize.depth_order_graph(ax, np.zeros((8, 8), np.int8), labels=names)
+    heights = {t.get_text(): t.get_position()[1] for t in ax.texts if t.get_text() in names}
+    assert all(heights[a] != heights[b] for a, b in zip(names, names[1:]))
+    ax = Figure().subplots()
+    visualize.depth_order_graph(ax, np.zeros((3, 3), np.int8), labels=names[:3])
+    assert len({t.get_position()[1] for t in ax.texts if t.get_text() in names}) == 1
+
+
 def test_depth_order_graph_tolerates_cycles():
     order = np.array([[0, 1], [1, 0]], np.int8)  # a predicted cycle
     ax = Figure().subplots()
