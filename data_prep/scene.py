@@ -352,41 +352,36 @@ def load_scene(source: SceneSource, class_count: int,
     keep = [i for i, area in enumerate(areas) if area > 0]
     if len(keep) < len(amodal_runs):
         warnings["empty_amodal_skipped"] += len(amodal_runs) - len(keep)
-    # Per kept instance, where its visible mask comes from: "same" (the amodal RLE, as
-    # unoccluded instances often store it again), "visible" or "invisible" (its complement
-    # in the amodal mask).
-    kinds, other_rles, other_wheres = [], [], []
+    # The visible mask of a kept instance comes from its own RLE ("visible"), from the
+    # complement of an invisible mask in the amodal mask ("invisible"), or is the amodal mask
+    # (no RLE, or the amodal RLE stored again, as unoccluded instances often do).
+    pending = []  # (instance index, kind, compressed counts)
     for i in keep:
         inst = source.instances[i]
         if inst.visible is not None and not _same_rle(inst.visible, inst.amodal):
-            kinds.append("visible")
-            other_rles.append(_compressed(inst.visible, h, w, wheres[i], warnings))
+            pending.append((i, "visible", _compressed(inst.visible, h, w, wheres[i], warnings)))
         elif inst.visible is None and inst.invisible is not None:
-            kinds.append("invisible")
-            other_rles.append(_compressed(inst.invisible, h, w, wheres[i], warnings))
-        else:
-            kinds.append("same")
-            continue
-        other_wheres.append(wheres[i])
-    other_runs = iter(_runs(other_rles, other_wheres, h, w))
-    other_compressed = iter(other_rles)
+            pending.append((i, "invisible",
+                            _compressed(inst.invisible, h, w, wheres[i], warnings)))
+    parsed = _runs([c for _, _, c in pending], [wheres[i] for i, _, _ in pending], h, w)
+    other = {i: (kind, c, runs) for (i, kind, c), runs in zip(pending, parsed)}
     n = len(keep)
     # [N, W, H] C-order = [N, H, W] with column-major slices, the layout of COCO RLE.
     amodal_store = np.zeros((n, w, h), bool)
     visible_store = np.zeros((n, w, h), bool)
     boxes = rle.boxes([amodal_rles[i] for i in keep], h, w)
     visible_rles, visible_areas = [], []
-    for slot, (i, kind) in enumerate(zip(keep, kinds)):
+    for slot, i in enumerate(keep):
         runs, area = amodal_runs[i], areas[i]
         rle.decode_into(runs, amodal_store[slot].reshape(-1))
         amodal, visible = amodal_store[slot].T, visible_store[slot].T
+        kind, visible_rle, other_runs = other.get(i, ("same", amodal_rles[i], runs))
         if kind == "same":
             rle.decode_into(runs, visible_store[slot].reshape(-1))
-            visible_rle, visible_area = amodal_rles[i], area
+            visible_area = area
         elif kind == "visible":
-            visible_rle, visible_runs = next(other_compressed), next(other_runs)
-            rle.decode_into(visible_runs, visible_store[slot].reshape(-1))
-            visible_area = rle.area(visible_runs)
+            rle.decode_into(other_runs, visible_store[slot].reshape(-1))
+            visible_area = rle.area(other_runs)
             y1, x1, y2, x2 = boxes[slot]
             window = (slice(y1, y2), slice(x1, x2))
             # Inside the amodal mask iff every visible pixel is in its intersection with it.
@@ -396,8 +391,7 @@ def load_scene(source: SceneSource, class_count: int,
                 visible_rle = rle.encode(visible)
                 visible_area = int(np.count_nonzero(visible[window]))
         else:
-            next(other_compressed)
-            visible[...] = amodal & ~rle.decode(next(other_runs), h, w)
+            visible[...] = amodal & ~rle.decode(other_runs, h, w)
             visible_rle = rle.encode(visible)
             visible_area = int(np.count_nonzero(visible))
         visible_rles.append(visible_rle)
