@@ -27,7 +27,7 @@ def test_decode_area_box_match_pycocotools(mask):
     np.testing.assert_array_equal(rle.decode(runs, h, w), mask)
     assert rle.area(runs) == int(mask_utils.area(encoded)) == int(mask.sum())
     y1, x1, y2, x2 = layering.masks_to_boxes(mask[None])[0]
-    assert rle.box(runs, h) == (int(y1), int(x1), int(y2), int(x2))
+    assert tuple(rle.boxes([encoded["counts"]], h, w)[0]) == (y1, x1, y2, x2)
     assert rle.encode(mask) == encoded["counts"]
 
 
