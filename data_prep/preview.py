@@ -112,7 +112,6 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
       class_names: class id -> name.
       source: shard name shown in the title.
     """
-    from matplotlib import colors as mcolors
     from matplotlib.figure import Figure
 
     from sln_jax import visualize  # matplotlib is only needed for pictures
@@ -121,12 +120,7 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
     amodal, visible = record["amodal"], record["visible"]
     n, k = amodal.shape[0], num_layers
     names = [class_names.get(int(c), str(int(c))) for c in record["classes"]]
-    factor = max(1, math.ceil(384 / max(image.shape[:2])))
-    # Drawn larger than small images, so outlines, hatching and labels stay legible.
-    drawn = visualize.draw_instances(
-        np.repeat(np.repeat(image, factor, 0), factor, 1),
-        np.repeat(np.repeat(amodal, factor, 1), factor, 2),
-        np.repeat(np.repeat(visible, factor, 1), factor, 2), labels=names)
+    drawn = visualize.draw_instances_enlarged(image, amodal, visible, labels=names)
 
     rows = math.ceil(n / PER_ROW)
     fig = Figure(figsize=(16, 4.6 + 2.2 * rows), dpi=100, layout="constrained")
@@ -137,21 +131,15 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
     axes = top.subplots(1, 3, width_ratios=[1, 1.2, 1])
     axes[0].imshow(drawn, interpolation="nearest")
     axes[0].set_title("stored masks: visible filled, occluded hatched", fontsize=10)
-    layer_colors = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
-        tuple(c) for c in np.linspace((0.25, 0.45, 0.85), (1.0, 0.85, 0.2), k - 1)])
-    shown = axes[1].imshow(record["global_layers"], cmap=layer_colors, vmin=-0.5,
-                           vmax=k - 0.5, interpolation="nearest")
-    axes[1].set_title(f"stored global layers (objects per pixel, K = {k})", fontsize=10)
-    top.colorbar(shown, ax=axes[1], ticks=range(k), shrink=0.85).ax.tick_params(labelsize=8)
-    for ax in axes[:2]:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    visualize.show_global_layers(top, axes[1], record["global_layers"], k,
+                                 f"stored global layers (objects per pixel, K = {k})")
     visualize.depth_order_graph(axes[2], order_graph(amodal, record["order"]), names)
     axes[2].set_title("stored depth order (arrow: in front of)", fontsize=10)
 
     if n:
-        crop_colors = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
-            tuple(c) for c in np.linspace((1.0, 0.85, 0.2), (0.25, 0.45, 0.85), k)])
+        crop_colors = visualize.level_colormap(k, reverse=True)
         grid = bottom.subplots(rows, 2 * PER_ROW, squeeze=False)
         colors = visualize.instance_colors(n) / 255.0
         semdist = dequantize_semdist(record["semdist_crops"], k)

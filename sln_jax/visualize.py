@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 
 from sln_jax import layering, semdist
 
-__all__ = ["instance_colors", "draw_instances", "depth_order_graph", "save_scene_preview"]
+__all__ = ["instance_colors", "draw_instances", "draw_instances_enlarged", "depth_order_graph",
+           "level_colormap", "show_global_layers", "save_scene_preview"]
 
 # Distinct, saturated colors (matplotlib's tab10 then tab20's lighter shades), cycled.
 _PALETTE = np.array([
@@ -217,6 +218,46 @@ def _upscale(array: np.ndarray, factor: int, axes: tuple[int, int]) -> np.ndarra
     return np.repeat(np.repeat(array, factor, axes[0]), factor, axes[1])
 
 
+def draw_instances_enlarged(image: np.ndarray, amodal: np.ndarray, visible: np.ndarray,
+                            labels: Sequence[str] | None = None,
+                            min_side: int = 384) -> np.ndarray:
+    """``draw_instances`` on the image enlarged by an integer factor (nearest neighbour)
+    so its longer side is at least ``min_side``: outlines, hatching and labels stay legible
+    on small images.
+
+    Args:
+      image: uint8 [H, W, 3] RGB; amodal, visible: bool [N, H, W]; labels: N strings.
+
+    Returns:
+      uint8 [f * H, f * W, 3].
+    """
+    factor = max(1, math.ceil(min_side / max(image.shape[:2])))
+    return draw_instances(_upscale(image, factor, (0, 1)), _upscale(amodal, factor, (1, 2)),
+                          _upscale(visible, factor, (1, 2)), labels=labels)
+
+
+def level_colormap(count: int, reverse: bool = False) -> mcolors.ListedColormap:
+    """Near-black for 0, then ``count`` colors from blue to yellow (yellow to blue when
+    ``reverse``): for global layering maps (levels 1..K-1) and layer codes (1..K)."""
+    ends = [(0.25, 0.45, 0.85), (1.0, 0.85, 0.2)]
+    if reverse:
+        ends.reverse()
+    return mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
+        tuple(c) for c in np.linspace(ends[0], ends[1], count)])
+
+
+def show_global_layers(fig, ax, global_map: np.ndarray, num_layers: int, title: str):
+    """Draw a global layering map (uint8 [H, W], 0..K-1) with its colorbar on ``ax``;
+    ``fig`` is the figure or subfigure that holds the colorbar."""
+    shown = ax.imshow(global_map, cmap=level_colormap(num_layers - 1), vmin=-0.5,
+                      vmax=num_layers - 0.5, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.colorbar(shown, ax=ax, ticks=range(num_layers), shrink=0.85).ax.tick_params(
+        labelsize=8)
+
+
 def save_scene_preview(path: str, image: np.ndarray, amodal: np.ndarray,
                        visible: np.ndarray, classes: Sequence[int], num_layers: int,
                        order: np.ndarray | None = None,
@@ -253,10 +294,7 @@ def save_scene_preview(path: str, image: np.ndarray, amodal: np.ndarray,
     occlusion = [float((amodal[i] & ~visible[i]).sum()) / max(int(amodal[i].sum()), 1)
                  for i in range(n)]
 
-    factor = max(1, math.ceil(384 / max(h, w)))
-    # Drawn larger than small images, so outlines, hatching and labels stay legible.
-    drawn = draw_instances(_upscale(image, factor, (0, 1)), _upscale(amodal, factor, (1, 2)),
-                           _upscale(visible, factor, (1, 2)), labels=names)
+    drawn = draw_instances_enlarged(image, amodal, visible, labels=names)
 
     per_row = 6
     rows = math.ceil(n / per_row)
@@ -267,14 +305,9 @@ def save_scene_preview(path: str, image: np.ndarray, amodal: np.ndarray,
     axes[0].set_title(f"image {w}x{h}", fontsize=10)
     axes[1].imshow(drawn, interpolation="nearest")
     axes[1].set_title("visible: fill, occluded: hatched, amodal: outline", fontsize=10)
-    cmap = mcolors.ListedColormap([(0.1, 0.1, 0.1)] + [
-        tuple(c) for c in np.linspace((0.25, 0.45, 0.85), (1.0, 0.85, 0.2), num_layers - 1)])
-    shown = axes[2].imshow(global_map, cmap=cmap, vmin=-0.5, vmax=num_layers - 0.5,
-                           interpolation="nearest")
-    axes[2].set_title(f"global layers (objects per pixel, K = {num_layers})", fontsize=10)
-    bar = top.colorbar(shown, ax=axes[2], ticks=range(num_layers), shrink=0.85)
-    bar.ax.tick_params(labelsize=8)
-    for ax in axes[:3]:
+    show_global_layers(top, axes[2], global_map, num_layers,
+                       f"global layers (objects per pixel, K = {num_layers})")
+    for ax in axes[:2]:
         ax.set_xticks([])
         ax.set_yticks([])
     depth_order_graph(axes[3], semdist.depth_order(layers), names)
