@@ -2,7 +2,9 @@
 
 * ``cocoa_samples``: the five real COCOA annotations of ``tests/fixtures/cocoa_samples``
   wrapped as the full ``COCO_amodal_*.json`` is (image entries from the JPEG sizes);
-* ``layered_scene`` / ``write_d2sa``: D2SA-style COCO JSON + PNGs from exact masks.
+* ``layered_scene`` / ``write_d2sa``: D2SA-style COCO JSON + PNGs from exact masks;
+* ``edit_json`` / ``truncate_file`` to damage them, ``assert_record_matches_scene`` to check
+  what a conversion wrote.
 """
 
 from __future__ import annotations
@@ -121,3 +123,20 @@ def edit_json(path: str, edit) -> None:
     edit(data)
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def truncate_file(path: str) -> None:
+    """Cut a file in half, as an interrupted download or copy leaves it."""
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+
+
+def assert_record_matches_scene(record: dict, scene, image_path: str) -> None:
+    """A parsed record (``records.parse``) holds the scene's instances and the image file's
+    bytes unchanged."""
+    for key in ("ann_ids", "classes", "order", "amodal", "visible"):
+        np.testing.assert_array_equal(record[key], getattr(scene, key), err_msg=key)
+    with open(image_path, "rb") as f:
+        assert record["image"] == f.read()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from amodal_files import cocoa_samples, edit_json, rle
+from amodal_files import cocoa_samples, edit_json, rle, truncate_file
 from data_prep import cocoa
 from data_prep.scene import DataError, load_scene
 
@@ -125,10 +125,7 @@ def test_missing_image(samples, tmp_path):
 
 def test_truncated_json(samples):
     path, images, _ = samples
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text[: len(text) // 2])
+    truncate_file(path)
     with pytest.raises(DataError, match=f"{path}: invalid or truncated JSON"):
         cocoa.read(path, images)
 

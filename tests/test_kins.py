@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from amodal_files import edit_json, rle
+from amodal_files import assert_record_matches_scene, edit_json, rle, truncate_file
 from data_prep import convert, kins, records
 from data_prep.scene import DataError, load_scene
 
@@ -174,10 +174,7 @@ def test_missing_amodal(path):
 
 
 def test_truncated_json(path):
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text[: len(text) // 2])
+    truncate_file(path)
     with pytest.raises(DataError, match=f"{path}: invalid or truncated JSON"):
         kins.read(path, IMAGES)
 
@@ -252,13 +249,7 @@ def test_conversion_round_trip(path, tmp_path):
     _, scenes, _ = _scenes(path)
     assert [p["image_id"] for p in parsed] == [1, 2, 3]
     for rec, scene in zip(parsed, scenes):
-        np.testing.assert_array_equal(rec["ann_ids"], scene.ann_ids)
-        np.testing.assert_array_equal(rec["classes"], scene.classes)
-        np.testing.assert_array_equal(rec["order"], scene.order)
-        np.testing.assert_array_equal(rec["amodal"], scene.amodal)
-        np.testing.assert_array_equal(rec["visible"], scene.visible)
-        with open(scene.image_path, "rb") as f:
-            assert rec["image"] == f.read()
+        assert_record_matches_scene(rec, scene, scene.image_path)
     np.testing.assert_array_equal(parsed[0]["order"], [0, 2, 1, 3])
     # Layer crops: the hidden corner of car 2 is layer 1 (value 2), the rest layer 0.
     assert set(np.unique(parsed[0]["layer_crops"][1])) == {1, 2}
