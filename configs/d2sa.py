@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.roi_batch_per_image = 100
     config.model.roi_positive_fraction = 0.7
     config.model.mask_rois_per_image = 64
+    config.model.mask_slot_buckets = 3  # head cost follows the positives (models/sln.py)
     config.model.roi_positive_iou = 0.5
     config.model.box_pool_size = 7
     config.model.mask_pool_size = 16

@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.roi_batch_per_image = 32
     config.model.roi_positive_fraction = 0.5
     config.model.mask_rois_per_image = 8
+    config.model.mask_slot_buckets = 3  # head cost follows the positives (models/sln.py)
     config.model.roi_positive_iou = 0.5
     config.model.box_pool_size = 7
     config.model.mask_pool_size = 14

@@ -21,6 +21,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sln_jax import runtime
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and pictures.")
 config_flags.DEFINE_config_file(
@@ -95,6 +97,7 @@ def run(config, workdir: str) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.configure_cpu()  # before JAX starts a backend
     # Imported here, not at the top: the data workers are spawned processes that import this
     # module again, and TensorFlow would cost each of them ~7 s of start-up.
     import tensorflow as tf

@@ -910,6 +910,8 @@ def _define_flags():
 def main(argv: Sequence[str]) -> None:
     """``python -m sln_jax.infer``: see the module docstring."""
     del argv
+    from sln_jax import runtime
+    runtime.configure_cpu()  # before JAX starts a backend
     from absl import flags, logging
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import train
+from sln_jax import runtime, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and outputs.")
@@ -56,6 +56,7 @@ def run(config, workdir: str, mode: str) -> dict[str, float] | None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.configure_cpu()  # before JAX starts a backend
     # tf.data only: keep TensorFlow off any accelerator that JAX should own.
     tf.config.set_visible_devices([], "GPU")
     train.quiet_library_logs()

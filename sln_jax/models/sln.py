@@ -33,8 +33,9 @@ global_targets         int32 [B, S/4, S/4]                        stride-4 sampl
 global_valid           bool [B, S/4, S/4]                         inside the image content
 =====================  =========================================  ==========================
 
-N = ``roi_batch_per_image``; Np = round(N * ``roi_positive_fraction``) mask slots: the
-layering head only runs on positive ROIs (the most there can be), not on all N.
+N = ``roi_batch_per_image``; Np = ``num_mask_rois(config.model)`` mask slots: the layering
+head only runs on positive ROIs, and only on as many slots as the batch has positives (rounded
+up to a bucket of ``mask_slot_buckets``); the rest of the Np outputs are zeros.
 
 **train=False** returns ``max_detections`` (D) detections per image: ``boxes`` f32 [B, D, 4]
 (canvas pixels), ``scores`` f32 [B, D], ``classes`` i32 [B, D], ``valid`` bool [B, D],
@@ -67,6 +68,10 @@ Config fields read (``config.model``):
   mask_rois_per_image: Np, layering-head slots per image in training; positives beyond it
     are not used by the layering losses (at most roi_batch_per_image * roi_positive_fraction
     positives exist).
+  mask_slot_buckets: how many slot counts (Np, Np/2, Np/4, ...) a training step chooses from:
+    the head runs on the smallest that holds every image's positives (``lax.switch``, one
+    compiled branch each), so its cost follows the positives the batch has rather than Np.
+    1 = always Np. Outputs are identical either way (padded slots are masked out).
   box_pool_size: ROIAlign side of the box head (7).
   mask_pool_size: ROIAlign side of the layering head (R / 2).
   mask_size: R, the layering head's output side; must equal 2 * mask_pool_size.
@@ -97,7 +102,8 @@ from sln_jax.ops import boxes as box_ops
 from sln_jax.ops import sampling
 from sln_jax.ops.anchors import generate_anchors
 
-__all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config"]
+__all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "mask_slot_buckets",
+           "check_config"]
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 GLM_STRIDE = 4
@@ -108,6 +114,16 @@ def num_mask_rois(cfg: ml_collections.ConfigDict) -> int:
     most positives sampling yields)."""
     most = max(1, int(round(cfg.roi_batch_per_image * cfg.roi_positive_fraction)))
     return max(1, min(int(cfg.mask_rois_per_image), most))
+
+
+def mask_slot_buckets(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Layering-head slot counts a training step may run: Np / 2^i for i < ``mask_slot_buckets``
+    (rounded up, at least 1, ascending, distinct); the last is always Np."""
+    slots = num_mask_rois(cfg)
+    count = int(cfg.get("mask_slot_buckets", 1))
+    if count < 1:
+        raise ValueError(f"config.model.mask_slot_buckets must be >= 1, got {count}")
+    return tuple(sorted({max(1, -(-slots // 2 ** i)) for i in range(count)}))
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -133,60 +149,80 @@ class SLN(nn.Module):
     """The whole network; see the module docstring for inputs, outputs and config fields."""
     config: ml_collections.ConfigDict
 
-    @nn.compact
+    def setup(self):
+        cfg = self.config
+        check_config(cfg)
+        dtype = jnp.dtype(cfg.dtype)
+        width = cfg.backbone_width if cfg.backbone == "resnet_tiny" else 64
+        self.backbone = ResNet(cfg.backbone, cfg.norm, width, dtype=dtype)
+        self.fpn = FPN(cfg.fpn_dim, dtype=dtype)
+        self.rpn = RPNHead(len(cfg.anchor_ratios), cfg.fpn_dim, dtype=dtype)
+        if cfg.glm:
+            self.glm = GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype)
+        self.box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype)
+        self.layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
+                                       cfg.class_agnostic_masks, cfg.mask_head_dim, dtype=dtype)
+
+    def pyramid(self, images: jax.Array) -> list[jax.Array]:
+        """FPN levels [P2..P6] of normalized images [B, S, S, 3]: P_l [B, S/2^l, S/2^l, F]."""
+        return self.fpn(self.backbone(images))
+
+    def global_layers(self, pyramid: list[jax.Array]) -> jax.Array | None:
+        """GLM logits float32 [B, S/4, S/4, K], or None when ``glm`` is off."""
+        return self.glm(pyramid) if self.config.glm else None
+
+    def layer_head_on(self, pyramid: list[jax.Array], global_logits: jax.Array | None,
+                      rois: jax.Array, classes: jax.Array) -> jax.Array:
+        """The layering head on given boxes.
+
+        Args:
+          pyramid: ``pyramid(images)``; global_logits: ``global_layers(pyramid)``.
+          rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels, e.g. detections or GT boxes.
+          classes: int32 [B, N] class (1..C) of each box.
+
+        Returns:
+          head 'layers': float32 [B, N, R, R, K] logits; head 'semdist': float32 [B, N, R, R].
+        """
+        cfg = self.config
+        pooled = pool_rois(pyramid, rois, cfg.mask_pool_size)
+        glm_pooled = None
+        if global_logits is not None:
+            glm_pooled = pool_glm(jax.nn.softmax(global_logits, axis=-1), rois,
+                                  cfg.mask_pool_size)
+        return self.layer_head(pooled, classes, glm_pooled)
+
     def __call__(self, images: jax.Array, gt: dict | None = None, train: bool = False) -> dict:
         """images: float32 [B, S, S, 3] normalized, S divisible by 64; gt: the batch (train).
 
         Returns the dict of predictions (and targets when training) described above.
         """
         cfg = self.config
-        check_config(cfg)
         if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[1] % 64:
             raise ValueError(f"SLN expects images [B, S, S, 3] with S divisible by 64, got "
                              f"{images.shape}")
         if train and gt is None:
             raise ValueError("SLN(train=True) needs the ground-truth batch `gt`")
-        dtype = jnp.dtype(cfg.dtype)
         size = images.shape[1]
-        width = cfg.backbone_width if cfg.backbone == "resnet_tiny" else 64
-        features = ResNet(cfg.backbone, cfg.norm, width, dtype=dtype, name="backbone")(images)
-        pyramid = FPN(cfg.fpn_dim, dtype=dtype, name="fpn")(features)
+        pyramid = self.pyramid(images)
 
         rpn_levels = len(cfg.anchor_sizes)
         anchors_np, _ = generate_anchors(size, FPN_STRIDES[:rpn_levels],
                                          tuple(cfg.anchor_sizes), tuple(cfg.anchor_ratios))
         anchors = jnp.asarray(anchors_np)
-        rpn_logits, rpn_deltas = RPNHead(len(cfg.anchor_ratios), cfg.fpn_dim, dtype=dtype,
-                                         name="rpn")(pyramid[:rpn_levels])
+        rpn_logits, rpn_deltas = self.rpn(pyramid[:rpn_levels])
         propose = functools.partial(
             proposals, anchors=anchors, canvas_size=size, pre_nms_topk=cfg.rpn_pre_nms_topk,
             post_nms_topk=cfg.rpn_post_nms_topk, nms_threshold=cfg.rpn_nms_threshold)
         prop_boxes, _, prop_valid = jax.vmap(propose)(rpn_logits, rpn_deltas)
-
-        global_logits = None
-        if cfg.glm:
-            global_logits = GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype,
-                                                 name="glm")(pyramid)
-        box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype, name="box_head")
-        layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
-                                  cfg.class_agnostic_masks, cfg.mask_head_dim, dtype=dtype,
-                                  name="layer_head")
-
-        def run_layer_head(rois, classes):
-            pooled = pool_rois(pyramid, rois, cfg.mask_pool_size)
-            glm_pooled = None
-            if global_logits is not None:
-                glm_pooled = pool_glm(jax.nn.softmax(global_logits, axis=-1), rois,
-                                      cfg.mask_pool_size)
-            return layer_head(pooled, classes, glm_pooled)
+        global_logits = self.global_layers(pyramid)
 
         if train:
             outputs = self._train_outputs(gt, anchors, rpn_logits, rpn_deltas, prop_boxes,
-                                          prop_valid, pyramid, box_head, run_layer_head)
+                                          prop_valid, pyramid, global_logits)
             if global_logits is not None:
                 outputs.update(_global_targets(gt, global_logits))
             return outputs
-        outputs = self._detect(prop_boxes, prop_valid, pyramid, box_head, run_layer_head, size)
+        outputs = self._detect(prop_boxes, prop_valid, pyramid, global_logits, size)
         if global_logits is None:
             global_logits = jnp.zeros((images.shape[0], size // GLM_STRIDE, size // GLM_STRIDE,
                                        cfg.num_layers), jnp.float32)
@@ -194,7 +230,7 @@ class SLN(nn.Module):
         return outputs
 
     def _train_outputs(self, gt, anchors, rpn_logits, rpn_deltas, prop_boxes, prop_valid,
-                       pyramid, box_head, run_layer_head) -> dict:
+                       pyramid, global_logits) -> dict:
         cfg = self.config
         batch = rpn_logits.shape[0]
         gt_boxes = jnp.asarray(gt["boxes"], jnp.float32)
@@ -217,7 +253,7 @@ class SLN(nn.Module):
         rois = jax.vmap(roi_one)(prop_boxes, prop_valid, gt_boxes, gt_classes, gt_valid,
                                  roi_keys)
         roi_boxes = jax.lax.stop_gradient(rois["rois"])
-        box_logits, box_deltas = box_head(pool_rois(pyramid, roi_boxes, cfg.box_pool_size))
+        box_logits, box_deltas = self.box_head(pool_rois(pyramid, roi_boxes, cfg.box_pool_size))
         roi_classes = rois["classes"].astype(jnp.int32)
         class_deltas = jnp.take_along_axis(box_deltas, roi_classes[:, :, None, None],
                                            axis=2)[:, :, 0]
@@ -245,7 +281,8 @@ class SLN(nn.Module):
         matched = _take(rois["matched_gt"].astype(jnp.int32), first)
         matched_boxes = _take(gt_boxes, matched)
         outputs["mask_valid"] = mask_valid
-        prediction = run_layer_head(mask_rois, mask_classes)
+        prediction = self._layer_head_slots(pyramid, global_logits, mask_rois, mask_classes,
+                                            mask_valid)
         if cfg.head == "layers":
             targets = jax.vmap(functools.partial(sampling.roi_layer_targets,
                                                  output_size=cfg.mask_size))(
@@ -260,12 +297,37 @@ class SLN(nn.Module):
             outputs["semdist_targets"] = targets.astype(jnp.float32)
         return outputs
 
-    def _detect(self, prop_boxes, prop_valid, pyramid, box_head, run_layer_head,
-                size: int) -> dict:
+    def _layer_head_slots(self, pyramid, global_logits, rois, classes, valid) -> jax.Array:
+        """The layering head on the first n of the Np slots, n the smallest bucket that holds
+        every image's positives (``mask_slot_buckets``); outputs zero-padded to Np.
+
+        Positives come first in the slots, so slots past n are padding, masked out of every
+        loss: the result equals running all Np slots, at the cost of the positives the batch
+        really has. One branch per bucket is compiled (``lax.switch``); only one runs.
+        """
+        buckets = mask_slot_buckets(self.config)
+        slots = rois.shape[1]
+        if len(buckets) == 1:
+            return self.layer_head_on(pyramid, global_logits, rois, classes)
+        needed = jnp.max(jnp.sum(valid, axis=1))
+        index = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), needed), len(buckets) - 1)
+
+        def branch(n):
+            def run(module, pyramid, global_logits, rois, classes):
+                out = module.layer_head_on(pyramid, global_logits, rois[:, :n], classes[:, :n])
+                pad = [(0, 0)] * out.ndim
+                pad[1] = (0, slots - n)
+                return jnp.pad(out, pad)
+            return run
+
+        return nn.switch(index, [branch(n) for n in buckets], self, pyramid, global_logits,
+                         rois, classes)
+
+    def _detect(self, prop_boxes, prop_valid, pyramid, global_logits, size: int) -> dict:
         cfg = self.config
         batch, num_props = prop_boxes.shape[:2]
         num_classes = cfg.num_classes
-        logits, deltas = box_head(pool_rois(pyramid, prop_boxes, cfg.box_pool_size))
+        logits, deltas = self.box_head(pool_rois(pyramid, prop_boxes, cfg.box_pool_size))
         probs = jax.nn.softmax(logits, axis=-1)[:, :, 1:]  # [B, P, C]
         fg_deltas = deltas[:, :, 1:]  # [B, P, C, 4]
         anchors = jnp.broadcast_to(prop_boxes[:, :, None], fg_deltas.shape)
@@ -294,7 +356,7 @@ class SLN(nn.Module):
         det_boxes = jax.lax.stop_gradient(det_boxes)
         outputs = {"boxes": det_boxes, "scores": det_scores, "classes": det_classes,
                    "valid": det_valid}
-        prediction = run_layer_head(det_boxes, det_classes)
+        prediction = self.layer_head_on(pyramid, global_logits, det_boxes, det_classes)
         outputs["layer_logits" if cfg.head == "layers" else "semdist"] = prediction
         return outputs
 

@@ -1,0 +1,52 @@
+"""Process-level XLA settings that the command-line tools apply before JAX starts its backend.
+
+``configure_cpu()`` turns XLA:CPU's experimental YNNPACK fusions off
+(``--xla_cpu_experimental_ynn_fusion_type=``, an empty fusion-type list). Measured on the 2-core
+CPU with jax 0.10.2 (``benchmarks/bench_vs_torchvision.py``, README "Speed"): with the
+fusions on, the weight gradient of a 1x1 convolution runs at ~8 GFLOP/s against ~130 GFLOP/s
+for forward convolutions, and the ResNet-50-FPN SLN train step is 2.3x slower at 256 px
+(inference 1.8x); losses agree to float reordering. The flag is a debug option every XLA
+backend parses and only XLA:CPU reads, so it is harmless on GPU and TPU.
+
+Nothing happens on import (importing ``sln_jax`` must not change the importer's JAX): the
+CLIs call ``configure_cpu()`` first thing in ``main``. A flag the user already put in
+``XLA_FLAGS`` wins, so ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...`` restores any
+setting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+__all__ = ["CPU_XLA_FLAGS", "configure_cpu", "xla_flags_with"]
+
+# name -> value; each is added to XLA_FLAGS unless XLA_FLAGS already names it.
+CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def xla_flags_with(flags: str, extra: dict[str, str]) -> str:
+    """``flags`` (an XLA_FLAGS string) with ``--name=value`` appended for each name of
+    ``extra`` that ``flags`` does not already set."""
+    present = {part.lstrip("-").split("=", 1)[0] for part in flags.split()}
+    added = [f"--{name}={value}" for name, value in extra.items() if name not in present]
+    return " ".join([flags.strip()] + added).strip()
+
+
+def configure_cpu() -> str:
+    """Adds ``CPU_XLA_FLAGS`` to ``os.environ['XLA_FLAGS']``; returns the new value.
+
+    Must run before JAX initializes a backend (the first computation or device query);
+    later calls warn and change nothing, since XLA reads the flags once per process.
+    """
+    new = xla_flags_with(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS)
+    if new == os.environ.get("XLA_FLAGS", ""):
+        return new
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and bridge.backends_are_initialized():
+        warnings.warn("sln_jax.runtime.configure_cpu: JAX's backend is already initialized; "
+                      "the CPU XLA flags take effect only in a new process", stacklevel=2)
+        return os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = new
+    return new
