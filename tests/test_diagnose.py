@@ -1,0 +1,192 @@
+"""Tests of benchmarks/diagnose.py's core functions on hand-made inputs with known answers."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from sln_jax import evaluation
+from sln_jax.models import postprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "diagnose", os.path.join(REPO, "benchmarks", "diagnose.py"))
+diagnose = importlib.util.module_from_spec(_spec)
+sys.modules["diagnose"] = diagnose  # its dataclasses look their module up
+_spec.loader.exec_module(diagnose)
+
+
+def rle(mask):
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode("ascii")
+    return r
+
+
+def box_mask(h, w, y1, x1, y2, x2):
+    m = np.zeros((h, w), bool)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def test_class_confusion_counts_and_missed():
+    # Image 0: GT classes 1, 2, 2; GT 0 -> det class 1, GT 1 -> det class 1, GT 2 missed.
+    # Image 1: GT class 3 -> det class 3, GT class 1 -> det class 2.
+    matches = [{0: 0, 1: 2}, {0: 1, 1: 0}]
+    gt = [np.array([1, 2, 2]), np.array([3, 1])]
+    det = [np.array([1, 3, 1]), np.array([2, 3])]
+    c = diagnose.class_confusion(matches, gt, det, [1, 2, 3])
+    np.testing.assert_array_equal(c, [[1, 1, 0, 0],
+                                      [1, 0, 0, 1],
+                                      [0, 0, 1, 0]])
+
+
+def test_duplicates_same_and_other_class():
+    scores = np.array([0.6, 0.9, 0.8, 0.7])  # rank: 1, 2, 3, 0
+    classes = np.array([1, 1, 1, 2])
+    ious = np.full((4, 4), 0.1)
+    np.fill_diagonal(ious, 1.0)
+
+    def link(a, b, v):
+        ious[a, b] = ious[b, a] = v
+
+    link(1, 2, 0.6)   # det 2 duplicates det 1, same class
+    link(1, 3, 0.7)   # det 3 duplicates det 1, other class
+    link(0, 3, 0.9)   # det 0 duplicates det 3 (other class), ranked below it
+    link(0, 2, 0.5)   # not above the threshold
+    same, other = diagnose.duplicates(scores, classes, ious)
+    np.testing.assert_array_equal(same, [False, False, True, False])
+    np.testing.assert_array_equal(other, [True, False, False, True])
+    # Equal scores: the earlier detection ranks higher (stable, as the evaluator).
+    same, _ = diagnose.duplicates(np.array([0.5, 0.5]), np.array([1, 1]),
+                                  np.array([[1.0, 0.8], [0.8, 1.0]]))
+    np.testing.assert_array_equal(same, [False, True])
+
+
+def test_mask_nms_suppressed_detections_suppress_nothing():
+    # A (0.9) ~ B (0.8) ~ C (0.7), A and C apart: B goes, C stays.
+    ious = np.array([[1.0, 0.6, 0.1], [0.6, 1.0, 0.6], [0.1, 0.6, 1.0]])
+    np.testing.assert_array_equal(diagnose.mask_nms(np.array([0.9, 0.8, 0.7]),
+                                                    ious), [True, False, True])
+
+
+def test_layer_confusion_counts_over_the_union_of_masks():
+    gt = np.array([[0, 0, 1, 2, 3, -1, -1]])
+    pred = np.array([[0, 1, 1, 0, -1, 2, -1]])
+    c = diagnose.layer_confusion(gt, pred)
+    expected = np.zeros((4, 4), np.int64)
+    expected[0, 0] = 1  # visible, right
+    expected[0, 1] = 1  # visible called hidden
+    expected[1, 1] = 1
+    expected[2, 0] = 1  # hidden twice called visible
+    expected[2, 3] = 1  # layer 3 is "hidden 2+", predicted background
+    expected[3, 2] = 1  # background called hidden twice
+    np.testing.assert_array_equal(c, expected)  # the pixel background in both is left out
+    assert c.sum() == 6
+
+
+def _pair_probs(front_hidden, back_hidden, third=None):
+    """Two detections on pixels 0..2 and 1..3 (overlap 1, 2), K = 3; on the overlap each has
+    P(visible) = 0.5 and P(hidden once) = the given value, elsewhere P(visible) = 0.9."""
+    probs = np.zeros((2, 4, 3), np.float32)
+    probs[0, 0:3, 0] = 0.9
+    probs[1, 1:4, 0] = 0.9
+    probs[0, 1:3] = (0.5, front_hidden, 0.0)
+    probs[1, 1:3] = (0.5, back_hidden, 0.0)
+    return probs
+
+
+def test_rule_orders_on_a_constructed_pair():
+    probs = _pair_probs(0.35, 0.45)
+    layers = postprocess.decode_layer_probs(probs)["layers"]
+    assert (layers[:, 1:3] == 0).all()  # both argmax-visible on the overlap: a tie
+    scores = np.array([0.8, 0.9])  # the back one scores higher
+    orders = diagnose.rule_orders(layers, diagnose.soft_cues(probs), scores)
+    assert set(orders) == set(diagnose.RULES)
+    assert orders["argmax layers"][0, 1] == 0
+    # expected layer = P(hidden) here: 0.35 / 0.85 < 0.45 / 0.95, detection 0 in front
+    for rule in ("expected layer", "P(hidden)", "seen vs hidden", "expected, ties by score"):
+        assert orders[rule][0, 1] == 1 and orders[rule][1, 0] == -1, rule
+    assert orders["higher score"][0, 1] == -1 and orders["higher score"][1, 0] == 1
+    # The same cues on both: every soft rule ties, the tie-break takes the score.
+    probs = _pair_probs(0.4, 0.4)
+    orders = diagnose.rule_orders(postprocess.decode_layer_probs(probs)["layers"],
+                                  diagnose.soft_cues(probs), scores)
+    for rule in ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden"):
+        assert orders[rule][0, 1] == 0, rule
+    assert orders["expected, ties by score"][0, 1] == -1
+    # Argmax decides when the layers differ: detection 1 hidden on the overlap.
+    probs = _pair_probs(0.1, 0.8)
+    layers = postprocess.decode_layer_probs(probs)["layers"]
+    orders = diagnose.rule_orders(layers, diagnose.soft_cues(probs), scores)
+    assert orders["argmax layers"][0, 1] == 1
+
+
+def test_rule_orders_without_overlap_only_the_score_orders():
+    probs = np.zeros((2, 4, 3), np.float32)
+    probs[0, :2, 0] = probs[1, 2:, 1] = 0.9
+    layers = postprocess.decode_layer_probs(probs)["layers"]
+    orders = diagnose.rule_orders(layers, diagnose.soft_cues(probs), np.array([0.3, 0.6]))
+    for rule, value in orders.items():
+        assert value[0, 1] == (-1 if rule == "higher score" else 0), rule
+
+
+def test_soft_cues_condition_on_the_object():
+    cues = diagnose.soft_cues(np.array([[0.2, 0.2, 0.4], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(cues["expected"], [(0.2 + 0.8) / 0.8, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(cues["hidden"], [0.75, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(cues["visible"], [0.25, 0.0], rtol=1e-6)
+
+
+def test_pair_records_and_accuracy_by_level():
+    h = w = 20
+    masks = [box_mask(h, w, 0, 0, 10, 10), box_mask(h, w, 5, 5, 15, 15),
+             box_mask(h, w, 8, 8, 20, 20)]
+    gt = {"images": [{"id": 1, "height": h, "width": w}], "categories": [{"id": 1}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1,
+                           "segmentation": rle(m), "area": float(m.sum()), "iscrowd": 0,
+                           "occlude_rate": rate, "order": k + 1}
+                          for k, (m, rate) in enumerate(zip(masks, (0.0, 0.2, 0.5)))]}
+    # Detection k = GT k. 0 in front of 1 (right), 1 and 2 tied, 0 behind 2 (wrong).
+    orders = [{"1": 1, "2": -1}, {"0": -1}, {"0": 1}]
+    results = [{"image_id": 1, "category_id": 1, "segmentation": rle(m), "score": s,
+                "depth_order": o} for m, s, o in zip(masks, (.9, .8, .7), orders)]
+    images, categories = evaluation._load_coco_gt(gt, "gt")
+    dets = evaluation._load_results(results, images, "results")
+    variant = evaluation._evaluate_variant(images, dets, categories, "amodal", "coco")
+    matches = evaluation._matched_pairs(variant, images)
+    assert matches == [{0: 0, 1: 1, 2: 2}]
+    records = diagnose.pair_records(matches, images, dets)
+    assert sorted(records) == [(0, 0, 1, 1), (0, 0, 2, -1), (0, 1, 2, 0)]
+    levels = diagnose.accuracy_by_level(records, images)
+    # back object 1 (rate 0.2) is partly occluded, back object 2 (0.5) heavily
+    assert levels == {"none": (0, 0, 0), "partial": (1, 1, 1), "heavy": (2, 0, 1)}
+    m = evaluation._order_metrics(matches, images, dets)
+    assert m["order/accuracy"] == pytest.approx(1 / 3)
+    assert m["order/accuracy_decided"] == pytest.approx(1 / 2)
+
+
+@pytest.mark.slow
+def test_layering_head_on_boxes_reproduces_the_model():
+    import jax
+
+    from model_test_config import model_config
+    from sln_jax.models.sln import SLN
+
+    cfg = model_config()
+    model = SLN(cfg)
+    images = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (1, 64, 64, 3)), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), images, None, train=False)
+    on_boxes = jax.jit(diagnose.layering_functions(cfg, variables))
+    det = model.apply(variables, images, None, train=False)
+    assert bool(det["valid"].any())
+    logits, probs = on_boxes(images, det["boxes"], det["classes"])
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(det["layer_logits"]),
+                               rtol=1e-5, atol=1e-6)
+    assert probs.shape == det["boxes"].shape[:2] + (cfg.num_classes + 1,)
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+    # Other boxes give other outputs (the boxes are used, not the model's own).
+    moved, _ = on_boxes(images, det["boxes"] * 0.5, det["classes"])
+    assert not np.allclose(np.asarray(moved), np.asarray(det["layer_logits"]))
