@@ -241,53 +241,49 @@ def accuracy_by_level(records: list[tuple], images: list) -> dict[str, tuple[int
 
 # ------------------------------------------------------------------------- the model
 
-def layering_functions(model_config, variables: dict) -> Any:
-    """A function (images [B, S, S, 3], boxes [B, N, 4] canvas pixels, classes [B, N]) ->
-    (layer outputs of those boxes, box-head class probabilities [B, N, C + 1]), applying
-    the SLN's own submodules to its variables as ``SLN.__call__`` wires them (no model
-    change: the layering head is not otherwise callable on given boxes)."""
+def model_with_features(model, variables: dict, images):
+    """The model's inference outputs, its FPN pyramid [P2..P6] and its GLM logits (None
+    without GLM), captured from the same ``apply`` (flax ``capture_intermediates``)."""
+    wanted = ("fpn", "glm")
+    outputs, state = model.apply(variables, images, None, train=False, mutable=["intermediates"],
+                                 capture_intermediates=lambda m, _: m.name in wanted)
+    captured = state["intermediates"]
+    glm = captured["glm"]["__call__"][0] if "glm" in captured else None
+    return outputs, captured["fpn"]["__call__"][0], glm
+
+
+def heads_on_boxes(model_config, variables: dict, pyramid, glm_logits, boxes, classes):
+    """The layering head's outputs and the box head's class probabilities [B, N, C + 1] on
+    given boxes [B, N, 4] (canvas pixels) of classes [B, N], from the model's pyramid and
+    GLM logits (``model_with_features``): the model's own head submodules applied to its
+    variables, wired as ``SLN.__call__`` wires them (the layering head is not otherwise
+    callable on given boxes; no model change needed)."""
     import jax
     import jax.numpy as jnp
 
-    from sln_jax.models.backbone import FPN, ResNet
-    from sln_jax.models.glm import GlobalLayeringModule
     from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_glm, pool_rois
 
     cfg = model_config
     dtype = jnp.dtype(cfg.dtype)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    width = cfg.backbone_width if cfg.backbone == "resnet_tiny" else 64
-
-    def apply(module, name, *args):
-        collections = {"params": params[name]}
-        if name in stats:
-            collections["batch_stats"] = stats[name]
-        return module.apply(collections, *args)
-
-    def run(images, boxes, classes):
-        features = apply(ResNet(cfg.backbone, cfg.norm, width, dtype=dtype), "backbone", images)
-        pyramid = apply(FPN(cfg.fpn_dim, dtype=dtype), "fpn", features)
-        glm_pooled = None
-        if cfg.glm:
-            logits = apply(GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype),
-                           "glm", pyramid)
-            glm_pooled = pool_glm(jax.nn.softmax(logits, axis=-1), boxes, cfg.mask_pool_size)
-        head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes, cfg.class_agnostic_masks,
-                            cfg.mask_head_dim, dtype=dtype)
-        layer_out = apply(head, "layer_head", pool_rois(pyramid, boxes, cfg.mask_pool_size),
-                          classes, glm_pooled)
-        box_logits, _ = apply(BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype),
-                              "box_head", pool_rois(pyramid, boxes, cfg.box_pool_size))
-        return layer_out, jax.nn.softmax(box_logits, axis=-1)
-
-    return run
+    params = variables["params"]
+    glm_pooled = None
+    if glm_logits is not None:
+        glm_pooled = pool_glm(jax.nn.softmax(glm_logits, axis=-1), boxes, cfg.mask_pool_size)
+    head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes, cfg.class_agnostic_masks,
+                        cfg.mask_head_dim, dtype=dtype)
+    layer_out = head.apply({"params": params["layer_head"]},
+                           pool_rois(pyramid, boxes, cfg.mask_pool_size), classes, glm_pooled)
+    box_logits, _ = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype).apply(
+        {"params": params["box_head"]}, pool_rois(pyramid, boxes, cfg.box_pool_size))
+    return layer_out, jax.nn.softmax(box_logits, axis=-1)
 
 
-def run_model(config, variables: dict, batch: int):
+def run_model(config, variables: dict, batch: int, limit: int | None = None):
     """Yields per val image: (image_id, image_size, orig_size, detector outputs, GT-box
-    outputs, max |layering head on detector boxes - model outputs|)."""
+    outputs, max |heads on the detector's boxes - model outputs| (first batch, else 0))."""
+    import functools
+
     import jax
-    import jax.numpy as jnp
 
     from sln_jax import input_pipeline
     from sln_jax.models.sln import SLN
@@ -295,24 +291,32 @@ def run_model(config, variables: dict, batch: int):
     cfg = config.model
     key = "layer_logits" if cfg.head == "layers" else "semdist"
     model = SLN(cfg)
-    on_boxes = layering_functions(cfg, variables)
+    heads = jax.jit(functools.partial(heads_on_boxes, cfg))
 
     @jax.jit
     def forward(variables, images, gt_boxes, gt_classes):
-        det = model.apply(variables, images, None, train=False)
-        gt_layers, gt_probs = on_boxes(images, gt_boxes, gt_classes)
-        again, _ = on_boxes(images, det["boxes"], det["classes"])
-        diff = jnp.abs(again - det[key]).max(axis=tuple(range(1, again.ndim)))
-        return det, gt_layers, gt_probs, diff
+        det, pyramid, glm_logits = model_with_features(model, variables, images)
+        gt_layers, gt_probs = heads_on_boxes(cfg, variables, pyramid, glm_logits, gt_boxes,
+                                             gt_classes)
+        return det, gt_layers, gt_probs, pyramid, glm_logits
 
     variables = jax.device_put(variables)
-    for host_batch in input_pipeline.create_dataset(config.data, config.data.eval_split,
-                                                    batch_dims=(1, batch), train=False,
-                                                    seed=int(config.seed)):
+    seen = 0
+    for number, host_batch in enumerate(input_pipeline.create_dataset(
+            config.data, config.data.eval_split, batch_dims=(1, batch), train=False,
+            seed=int(config.seed))):
         meta = {k: v.reshape((-1,) + v.shape[2:]) for k, v in host_batch.items()}
-        det, gt_layers, gt_probs, diff = jax.device_get(forward(
-            variables, meta["image"], meta["boxes"], meta["classes"].astype(np.int32)))
+        det, gt_layers, gt_probs, pyramid, glm_logits = forward(
+            variables, meta["image"], meta["boxes"], meta["classes"].astype(np.int32))
+        diff = 0.0
+        if number == 0:  # the heads on the detector's boxes are the model's heads
+            again, _ = heads(variables, pyramid, glm_logits, det["boxes"], det["classes"])
+            diff = float(np.abs(np.asarray(again) - np.asarray(det[key])).max())
+        det, gt_layers, gt_probs = jax.device_get((det, gt_layers, gt_probs))
         for i in np.flatnonzero(meta["image_valid"]):
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
             classes = meta["classes"][i].astype(np.int64)
             valid = meta["valid"][i].astype(bool)
             probs = gt_probs[i]
@@ -320,7 +324,7 @@ def run_model(config, variables: dict, batch: int):
                       "scores": probs[np.arange(len(classes)), classes].astype(np.float32),
                       key: gt_layers[i], "box_probs": probs}
             yield (int(meta["image_id"][i]), meta["image_size"][i], meta["orig_size"][i],
-                   {k: np.asarray(v[i]) for k, v in det.items()}, gt_out, float(diff[i]))
+                   {k: np.asarray(v[i]) for k, v in det.items()}, gt_out, diff)
 
 
 @dataclasses.dataclass
@@ -532,9 +536,9 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
         depth = []
         for d, img in zip(dets, images):
             order = source.orders[img.image_id][rule]
-            depth.append({str(j): int(order[i, j]) for j in np.flatnonzero(order[i])}
-                         for i in range(len(d.scores)))
-        ruled = [dataclasses.replace(d, depth_order=list(o)) for d, o in zip(dets, depth)]
+            depth.append([{str(j): int(order[i, j]) for j in np.flatnonzero(order[i])}
+                          for i in range(len(d.scores))])
+        ruled = [dataclasses.replace(d, depth_order=o) for d, o in zip(dets, depth)]
         m = evaluation._order_metrics(matches, images, ruled)
         m_ca = evaluation._order_metrics(matches_ca, images, ruled)
         records = pair_records(matches, images, ruled)
@@ -560,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained workdir (the main job's)")
     parser.add_argument("--batch", type=int, default=8, help="images per model call")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N val images (the GT is cut to them)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     import ml_collections
@@ -581,13 +587,19 @@ def main(argv: list[str] | None = None) -> int:
         "ground-truth boxes fed to the layering head (score: box head's P(true class))")
     worst, count = 0.0, 0
     model_start = time.perf_counter()
+    seen = set()
     for image_id, image_size, orig_size, det, gt, diff in run_model(config, variables,
-                                                                     args.batch):
+                                                                     args.batch, args.limit):
         decode_into(detector, det, image_id, image_size, orig_size, config.model)
         decode_into(oracle, gt, image_id, image_size, orig_size, config.model)
         worst, count = max(worst, diff), count + 1
+        seen.add(image_id)
+    if args.limit is not None:
+        gt_data = dict(gt_data, images=[i for i in gt_data["images"] if i["id"] in seen],
+                       annotations=[a for a in gt_data["annotations"] if a["image_id"] in seen])
     print(f"{count} val images, model + decoding {time.perf_counter() - model_start:.1f} s; "
-          f"layering head applied on the detector's boxes vs the model's outputs: max |diff| "
+          f"heads applied on the detector's boxes vs the model's outputs (first batch): max "
+          f"|diff| "
           f"{worst:.2e}")
     for source in (detector, oracle):
         print(report(source, gt_data, categories, config.model.head))

@@ -169,7 +169,9 @@ def test_pair_records_and_accuracy_by_level():
 
 
 @pytest.mark.slow
-def test_layering_head_on_boxes_reproduces_the_model():
+def test_heads_on_boxes_reproduce_the_model():
+    import functools
+
     import jax
 
     from model_test_config import model_config
@@ -179,14 +181,16 @@ def test_layering_head_on_boxes_reproduces_the_model():
     model = SLN(cfg)
     images = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (1, 64, 64, 3)), np.float32)
     variables = model.init(jax.random.PRNGKey(0), images, None, train=False)
-    on_boxes = jax.jit(diagnose.layering_functions(cfg, variables))
-    det = model.apply(variables, images, None, train=False)
+    det, pyramid, glm_logits = jax.jit(functools.partial(diagnose.model_with_features,
+                                                         model))(variables, images)
+    assert len(pyramid) == 5 and glm_logits.shape[-1] == cfg.num_layers
     assert bool(det["valid"].any())
-    logits, probs = on_boxes(images, det["boxes"], det["classes"])
+    heads = jax.jit(functools.partial(diagnose.heads_on_boxes, cfg))
+    logits, probs = heads(variables, pyramid, glm_logits, det["boxes"], det["classes"])
     np.testing.assert_allclose(np.asarray(logits), np.asarray(det["layer_logits"]),
                                rtol=1e-5, atol=1e-6)
     assert probs.shape == det["boxes"].shape[:2] + (cfg.num_classes + 1,)
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
     # Other boxes give other outputs (the boxes are used, not the model's own).
-    moved, _ = on_boxes(images, det["boxes"] * 0.5, det["classes"])
+    moved, _ = heads(variables, pyramid, glm_logits, det["boxes"] * 0.5, det["classes"])
     assert not np.allclose(np.asarray(moved), np.asarray(det["layer_logits"]))
