@@ -194,3 +194,57 @@ def test_heads_on_boxes_reproduce_the_model():
     # Other boxes give other outputs (the boxes are used, not the model's own).
     moved, _ = heads(variables, pyramid, glm_logits, det["boxes"] * 0.5, det["classes"])
     assert not np.allclose(np.asarray(moved), np.asarray(det["layer_logits"]))
+
+
+def _two_image_source():
+    """Two images, each with GT 0 (front, order 1) overlapping GT 1 (order 2), detected
+    exactly with exact layers; the front detection scores higher in image 1 only."""
+    h = w = 16
+    front, back = box_mask(h, w, 2, 2, 10, 10), box_mask(h, w, 6, 6, 14, 14)
+    gt = {"images": [{"id": i, "height": h, "width": w} for i in (1, 2)],
+          "categories": [{"id": 1, "name": "shape"}], "annotations": []}
+    source = diagnose.Source("test")
+    for image_id, scores in ((1, (0.9, 0.6)), (2, (0.6, 0.9))):
+        layers = np.full((2, h, w), -1, np.int8)
+        layers[0][front] = 0
+        layers[1][back] = 0
+        layers[1][back & front] = 1
+        for k, (mask, order) in enumerate(((front, 1), (back, 2))):
+            visible = layers[k] == 0
+            gt["annotations"].append({
+                "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                "segmentation": rle(mask), "visible_mask": rle(visible),
+                "area": float(mask.sum()), "iscrowd": 0, "order": order})
+        probs = np.where(np.arange(3) == layers[..., None], 0.9, 0.0).astype(np.float32)
+        orders = diagnose.rule_orders(layers.reshape(2, -1),
+                                      {k: v.reshape(2, -1) for k, v in
+                                       diagnose.soft_cues(probs).items()},
+                                      np.array(scores))
+        for k, mask in enumerate((front, back)):
+            source.results.append({
+                "image_id": image_id, "category_id": 1, "score": scores[k],
+                "bbox": [0.0, 0.0, 1.0, 1.0], "segmentation": rle(mask),
+                "visible_mask": rle(layers[k] == 0), "occlude_rate": float(k) * 0.25,
+                "depth_order": {str(1 - k): int(orders["argmax layers"][k, 1 - k])}})
+        source.layers[image_id] = layers
+        source.orders[image_id] = orders
+    return gt, source
+
+
+def test_report_scores_each_image_with_its_own_orders():
+    gt, source = _two_image_source()
+    text = diagnose.report(source, gt, {1: "shape"}, "layers")
+    rows = {line[2:26].strip(): line[26:].split() for line in text.splitlines()
+            if line.startswith("  ") and line[2:26].strip() in diagnose.RULES}
+    assert set(rows) == set(diagnose.RULES)
+    # per class: accuracy, over ordered pairs, recall; then the same class-agnostically
+    assert rows["argmax layers"][:3] == ["1.000", "1.000", "1.000"]
+    assert rows["expected layer"][:3] == ["1.000", "1.000", "1.000"]
+    assert rows["higher score"][:3] == ["0.500", "0.500", "0.500"]  # right in image 1 only
+    # by the back object's occlusion (0.25 of GT 1's amodal area is hidden: partial)
+    assert rows["argmax layers"][6:] == ["-", "(", "0)", "1.000", "(", "2)", "-", "(", "0)"]
+    assert "order/pairs 2" in text and "2 of 4 GT matched" not in text
+    assert "4 of 4 GT matched, 4 with the right class = 1.000" in text
+    layer_rows = [line for line in text.splitlines() if line.startswith("  hidden 1 ")]
+    # the 4 x 4 overlap of each image: hidden once, and predicted so
+    assert layer_rows and layer_rows[0].split()[2:6] == ["0", "32", "0", "0"]
