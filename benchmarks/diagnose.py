@@ -22,7 +22,8 @@ errors. For each it prints:
 * occlusion classification (occluded vs not) and what a minimum predicted rate would do;
 * depth-order accuracy under several decoding rules (argmax layers, the current one; mean
   expected layer; mean P(hidden) on the predicted overlap; "seen where the other is
-  hidden"; higher score in front; expected layer with ties broken by score) with the
+  hidden"; higher score in front; P(hidden), else the score; see ``rule_orders``; for
+  head 'semdist' argmax is the floor of the map) with the
   evaluator's matching (per class, its ``order/*`` metrics) and class-agnostic matching,
   and by the GT occlusion level of the pair's back object.
 
@@ -54,9 +55,9 @@ from sln_jax.models import postprocess  # noqa: E402
 LAYER_CLASSES = ("visible", "hidden 1", "hidden 2+", "backgr.")
 BACKGROUND = len(LAYER_CLASSES) - 1
 DUPLICATE_IOU = 0.5
-RULES = ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden", "higher score",
-         "expected, ties by score")
-SEMDIST_RULES = ("argmax layers", "expected layer", "higher score", "expected, ties by score")
+RULES = ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden (soft)",
+         "higher score", "P(hidden), else score")
+SEMDIST_RULES = ("argmax layers", "expected layer", "higher score", "expected, else score")
 # Occlusion level of a pair's back object (GT rate), as the evaluator's bins.
 PAIR_LEVELS = (("none", 0.0, evaluation.OCCLUDED_RATE),
                ("partial", evaluation.OCCLUDED_RATE, 0.25), ("heavy", 0.25, 1.0))
@@ -141,17 +142,18 @@ def soft_cues(probs: np.ndarray) -> dict[str, np.ndarray]:
         P(object)).
 
     Returns:
-      dict of float32 [...], each conditioned on the pixel being on the object:
-      ``expected`` (expected layer), ``hidden`` (P(layer >= 1)) and ``visible`` (P(layer 0));
-      0 where P(object) is 0.
+      dict of float32 [...]: conditioned on the pixel being on the object (0 where
+      P(object) is 0), ``expected`` (expected layer), ``hidden`` (P(layer >= 1)); not
+      conditioned, ``joint_visible`` (P(object and layer 0)) and ``joint_hidden``
+      (P(object and layer >= 1)).
     """
     probs = np.asarray(probs, np.float32)
     total = probs.sum(axis=-1)
     safe = np.where(total > 0, total, 1.0)
     layers = np.arange(probs.shape[-1], dtype=np.float32)
-    return {"expected": (probs @ layers) / safe,
-            "hidden": probs[..., 1:].sum(axis=-1) / safe,
-            "visible": probs[..., 0] / safe}
+    hidden = probs[..., 1:].sum(axis=-1)
+    return {"expected": (probs @ layers) / safe, "hidden": hidden / safe,
+            "joint_visible": probs[..., 0], "joint_hidden": hidden}
 
 
 def _front_if_lower(values: np.ndarray, on: np.ndarray) -> np.ndarray:
@@ -169,16 +171,26 @@ def rule_orders(layers: np.ndarray, cues: dict[str, np.ndarray] | None,
                 scores: np.ndarray) -> dict[str, np.ndarray]:
     """The depth order of one image's detections under each decoding rule.
 
+    Rules (i in front of j when ...):
+    * argmax layers: i's mean argmax layer over the predicted overlap is lower (the
+      post-processing's rule; for head 'semdist' the floor of the map);
+    * expected layer / P(hidden): i's mean expected layer / mean P(hidden | object) over
+      the predicted overlap (amodal masks of both) is lower;
+    * seen vs hidden (soft): sum over all pixels of P(i seen) P(j hidden) exceeds the
+      converse (joint probabilities, so it needs no hard overlap);
+    * higher score: i's detection score is higher (every pair);
+    * P(hidden), else score (semdist: expected, else score): the soft rule where it
+      orders the pair, else the score.
+
     Args:
       layers: int [D, P] decoded layers (-1 off the amodal mask), any pixel layout.
       cues: ``soft_cues`` [D, P] (head 'layers'); for head 'semdist' only ``expected``
-        (the continuous layer K - M); None: only the mask-free and argmax rules.
+        (the continuous layer K - M); None: only argmax and score.
       scores: float [D] detection scores.
 
     Returns:
-      {rule: int8 [D, D]} (+1: i in front of j), rules of ``RULES`` (``SEMDIST_RULES``
-      when ``cues`` has no ``hidden``). The mask rules order detections whose predicted
-      amodal masks overlap, on that overlap; "higher score" orders every pair.
+      {rule: int8 [D, D]} (+1: i in front of j, -1 behind, 0 unordered), the rules of
+      ``RULES`` (``SEMDIST_RULES`` when ``cues`` has no ``hidden``).
     """
     layers = np.asarray(layers)
     d = layers.shape[0]
@@ -187,17 +199,17 @@ def rule_orders(layers: np.ndarray, cues: dict[str, np.ndarray] | None,
     by_score = np.sign(scores[:, None] - scores[None, :]).astype(np.int8)
     out = {"argmax layers": semdist.depth_order(layers.reshape(d, 1, layers.shape[1])),
            "higher score": by_score}
-    if cues is not None:
-        out["expected layer"] = _front_if_lower(np.asarray(cues["expected"], np.float64), on)
-        out["expected, ties by score"] = np.where(
-            out["expected layer"] != 0, out["expected layer"],
-            by_score * ((on.astype(np.float64) @ on.T.astype(np.float64)) > 0)).astype(np.int8)
-        if "hidden" in cues:
-            out["P(hidden)"] = _front_if_lower(np.asarray(cues["hidden"], np.float64), on)
-            seen = np.asarray(cues["visible"], np.float64) * on
-            hidden = np.asarray(cues["hidden"], np.float64) * on
-            evidence = seen @ hidden.T  # [i, j]: i seen where j is hidden
-            out["seen vs hidden"] = np.sign(evidence - evidence.T).astype(np.int8)
+    if cues is None:
+        return out
+    out["expected layer"] = _front_if_lower(np.asarray(cues["expected"], np.float64), on)
+    soft, name = out["expected layer"], "expected, else score"
+    if "hidden" in cues:
+        out["P(hidden)"] = _front_if_lower(np.asarray(cues["hidden"], np.float64), on)
+        evidence = (np.asarray(cues["joint_visible"], np.float64)
+                    @ np.asarray(cues["joint_hidden"], np.float64).T)  # [i, j]: i seen, j hidden
+        out["seen vs hidden (soft)"] = np.sign(evidence - evidence.T).astype(np.int8)
+        soft, name = out["P(hidden)"], "P(hidden), else score"
+    out[name] = np.where(soft != 0, soft, by_score).astype(np.int8)
     return out
 
 

@@ -107,16 +107,17 @@ def test_rule_orders_on_a_constructed_pair():
     assert set(orders) == set(diagnose.RULES)
     assert orders["argmax layers"][0, 1] == 0
     # expected layer = P(hidden) here: 0.35 / 0.85 < 0.45 / 0.95, detection 0 in front
-    for rule in ("expected layer", "P(hidden)", "seen vs hidden", "expected, ties by score"):
+    for rule in ("expected layer", "P(hidden)", "seen vs hidden (soft)",
+                 "P(hidden), else score"):
         assert orders[rule][0, 1] == 1 and orders[rule][1, 0] == -1, rule
     assert orders["higher score"][0, 1] == -1 and orders["higher score"][1, 0] == 1
     # The same cues on both: every soft rule ties, the tie-break takes the score.
     probs = _pair_probs(0.4, 0.4)
     orders = diagnose.rule_orders(postprocess.decode_layer_probs(probs)["layers"],
                                   diagnose.soft_cues(probs), scores)
-    for rule in ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden"):
+    for rule in ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden (soft)"):
         assert orders[rule][0, 1] == 0, rule
-    assert orders["expected, ties by score"][0, 1] == -1
+    assert orders["P(hidden), else score"][0, 1] == -1
     # Argmax decides when the layers differ: detection 1 hidden on the overlap.
     probs = _pair_probs(0.1, 0.8)
     layers = postprocess.decode_layer_probs(probs)["layers"]
@@ -130,14 +131,29 @@ def test_rule_orders_without_overlap_only_the_score_orders():
     layers = postprocess.decode_layer_probs(probs)["layers"]
     orders = diagnose.rule_orders(layers, diagnose.soft_cues(probs), np.array([0.3, 0.6]))
     for rule, value in orders.items():
-        assert value[0, 1] == (-1 if rule == "higher score" else 0), rule
+        assert value[0, 1] == (-1 if "score" in rule else 0), rule
+
+
+def test_soft_seen_vs_hidden_needs_no_hard_overlap():
+    # Detection 1's probability (0.3, below the amodal threshold) spills onto pixel 0, where
+    # detection 0 is seen and 1 would be hidden: only the soft rule orders the pair.
+    probs = np.zeros((2, 2, 3), np.float32)
+    probs[0, 0, 0] = 0.9
+    probs[1, 1, 0] = 0.9
+    probs[1, 0, 1] = 0.3
+    layers = postprocess.decode_layer_probs(probs)["layers"]
+    assert (layers == [[0, -1], [-1, 0]]).all()
+    orders = diagnose.rule_orders(layers, diagnose.soft_cues(probs), np.array([0.5, 0.5]))
+    assert orders["seen vs hidden (soft)"][0, 1] == 1
+    assert orders["P(hidden)"][0, 1] == 0 and orders["argmax layers"][0, 1] == 0
 
 
 def test_soft_cues_condition_on_the_object():
     cues = diagnose.soft_cues(np.array([[0.2, 0.2, 0.4], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(cues["expected"], [(0.2 + 0.8) / 0.8, 0.0], rtol=1e-6)
     np.testing.assert_allclose(cues["hidden"], [0.75, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(cues["visible"], [0.25, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(cues["joint_visible"], [0.2, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(cues["joint_hidden"], [0.6, 0.0], rtol=1e-6)
 
 
 def test_pair_records_and_accuracy_by_level():
