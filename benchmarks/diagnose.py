@@ -19,7 +19,8 @@ errors. For each it prints:
 * the per-pixel layer confusion (visible / hidden once / hidden twice or more / background,
   truth vs prediction) over the union of the GT and predicted amodal masks of matched
   detections, and how the front and back object of each GT overlap are labelled there;
-* occlusion classification (occluded vs not) and what a minimum predicted rate would do;
+* occlusion classification (occluded vs not), what a minimum predicted rate would do, and
+  occlusion read from the amodal overlaps and a depth order instead of hidden pixels;
 * depth-order accuracy under several decoding rules (argmax layers, the current one; mean
   expected layer; mean P(hidden) on the predicted overlap; "seen where the other is
   hidden"; higher score in front; P(hidden), else the score; see ``rule_orders``; for
@@ -213,6 +214,16 @@ def rule_orders(layers: np.ndarray, cues: dict[str, np.ndarray] | None,
     return out
 
 
+def occluded_by_order(order: np.ndarray, intersection: np.ndarray, eligible: np.ndarray,
+                      min_pixels: float = 1.0) -> np.ndarray:
+    """bool [D]: detection d is occluded when an eligible other detection whose amodal mask
+    meets d's on at least ``min_pixels`` pixels is in front of it (order[j, d] = +1)."""
+    front = (np.asarray(order) == 1) & (np.asarray(intersection) >= min_pixels)
+    front &= np.asarray(eligible, bool)[:, None]
+    np.fill_diagonal(front, False)
+    return front.any(axis=0)
+
+
 def pair_records(matches: list[dict[int, int]], images: list, dets: list) -> list[tuple]:
     """(image index, front GT, back GT, predicted order of the front one's detection relative
     to the back one's: +1 right, -1 wrong, 0 none) for every matched pair of overlapping GT
@@ -348,6 +359,8 @@ class Source:
     orders: dict = dataclasses.field(default_factory=dict)  # image id -> {rule: [D, D]}
     box_head: list = dataclasses.field(default_factory=list)  # (GT class, argmax) GT boxes
     mismatched_argmax: int = 0
+    # Detections that can occlude others in "occlusion from order" (and mask NMS keeps).
+    min_score: float = 0.5
 
 
 def decode_into(source: Source, outputs: dict, image_id: int, image_size, orig_size,
@@ -538,6 +551,42 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
         out.append(f"occlusion on {len(gt_occ)} matched GT ({int(gt_occ.sum())} occluded), "
                    f"predicted occluded when: " + "; ".join(parts))
 
+    # --- occlusion from amodal overlaps and a depth order instead of hidden pixels
+    parts = []
+    gt_occ_of = {}
+    for img, match in zip(images, matches):
+        for g, d in match.items():
+            gt_occ_of[img.image_id, d] = img.occlusion[g] > evaluation.OCCLUDED_RATE
+    for rule in ("argmax layers", "seen vs hidden (soft)", "higher score", "GT order"):
+        tp = fp = fn = 0
+        for img, det, iou, match, match_ca in zip(images, dets, ious, matches, matches_ca):
+            d = len(det.scores)
+            if not d or not match:
+                continue
+            if rule == "GT order":  # the order of the GT each detection matches
+                order = np.zeros((d, d), np.int8)
+                for g, a in match_ca.items():
+                    for h, b in match_ca.items():
+                        if img.order[g] < img.order[h]:
+                            order[a, b], order[b, a] = 1, -1
+            elif rule in source.orders[img.image_id]:
+                order = source.orders[img.image_id][rule]
+            else:
+                continue
+            area = mask_utils.area(det.amodal).astype(np.float64)
+            intersection = iou / (1.0 + iou) * (area[:, None] + area[None, :])
+            eligible = mask_nms(det.scores, iou) & (det.scores >= source.min_score)
+            occluded = occluded_by_order(order, intersection, eligible)
+            for d_index in match.values():
+                truth = gt_occ_of[img.image_id, d_index]
+                tp += truth and occluded[d_index]
+                fp += (not truth) and occluded[d_index]
+                fn += truth and not occluded[d_index]
+        parts.append(f"{rule}: TP {tp} FP {fp} FN {fn} F1 {_share(2 * tp, 2 * tp + fp + fn)}")
+    out.append(f"occlusion from the amodal overlaps and a depth order (occluded when a detection "
+               f"in front overlaps it; occluders: kept by mask NMS, score >= {source.min_score:g}): "
+               + "; ".join(parts))
+
     # --- depth order under each rule
     rules = RULES if head == "layers" else SEMDIST_RULES
     out.append("depth order by decoding rule (accuracy over matched pairs, unordered = wrong | "
@@ -596,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir {args.workdir}: step {checkpoint['step']}, head {config.model.head}, "
           f"K = {config.model.num_layers}, val {gt_json}")
     detector, oracle = Source("detector boxes (the evaluation)"), Source(
-        "ground-truth boxes fed to the layering head (score: box head's P(true class))")
+        "ground-truth boxes fed to the layering head (score: box head's P(true class))",
+        min_score=0.0)
     worst, count = 0.0, 0
     model_start = time.perf_counter()
     seen = set()

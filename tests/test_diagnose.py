@@ -156,6 +156,23 @@ def test_soft_cues_condition_on_the_object():
     np.testing.assert_allclose(cues["joint_hidden"], [0.6, 0.0], rtol=1e-6)
 
 
+def test_occluded_by_order():
+    # 0 in front of 1 (they overlap), 2 in front of 0 but apart, 3 in front of 1 but not
+    # eligible (a low-scoring duplicate, say).
+    order = np.zeros((4, 4), np.int8)
+    for front, back in ((0, 1), (2, 0), (3, 1)):
+        order[front, back], order[back, front] = 1, -1
+    intersection = np.zeros((4, 4))
+    intersection[0, 1] = intersection[1, 0] = 5
+    intersection[1, 3] = intersection[3, 1] = 9
+    eligible = np.array([True, True, True, False])
+    np.testing.assert_array_equal(
+        diagnose.occluded_by_order(order, intersection, eligible), [False, True, False, False])
+    np.testing.assert_array_equal(
+        diagnose.occluded_by_order(order, intersection, eligible, min_pixels=6),
+        [False, False, False, False])
+
+
 def test_pair_records_and_accuracy_by_level():
     h = w = 20
     masks = [box_mask(h, w, 0, 0, 10, 10), box_mask(h, w, 5, 5, 15, 15),
@@ -264,3 +281,9 @@ def test_report_scores_each_image_with_its_own_orders():
     layer_rows = [line for line in text.splitlines() if line.startswith("  hidden 1 ")]
     # the 4 x 4 overlap of each image: hidden once, and predicted so
     assert layer_rows and layer_rows[0].split()[2:6] == ["0", "32", "0", "0"]
+    # occlusion from order: GT 1 is occluded, and every rule but the score says so in
+    # image 1; in image 2 the score puts GT 1 in front (GT 0 occluded: FP and FN)
+    line = next(t for t in text.splitlines() if t.startswith("occlusion from the amodal"))
+    assert "argmax layers: TP 2 FP 0 FN 0 F1 1.000" in line
+    assert "higher score: TP 1 FP 1 FN 1 F1 0.500" in line
+    assert "GT order: TP 2 FP 0 FN 0 F1 1.000" in line
