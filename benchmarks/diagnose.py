@@ -479,7 +479,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
     matched = confusion[:, :-1].sum()
     out.append(f"class confusion of GT matched at amodal IoU >= 0.5 class-agnostically "
                f"(rows truth, columns prediction; {matched} of {confusion.sum()} GT matched, "
-               f"{np.trace(confusion)} with the right class = {_share(np.trace(confusion), matched)}):")
+               f"{np.trace(confusion)} with the right class = "
+               f"{_share(np.trace(confusion), matched)}):")
     out += _matrix("truth", names, names + ["missed"], confusion)
     if source.box_head:
         pairs = np.array(source.box_head)
@@ -546,7 +547,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
             dt_occ = dt_rate > threshold
             tp, fp = int(np.sum(gt_occ & dt_occ)), int(np.sum(~gt_occ & dt_occ))
             fn = int(np.sum(gt_occ & ~dt_occ))
-            parts.append(f"rate > {threshold:g}: TP {tp} FP {fp} FN {fn} TN {len(gt_occ) - tp - fp - fn}"
+            parts.append(f"rate > {threshold:g}: TP {tp} FP {fp} FN {fn} "
+                         f"TN {len(gt_occ) - tp - fp - fn}"
                          f" F1 {_share(2 * tp, 2 * tp + fp + fn)}")
         out.append(f"occlusion on {len(gt_occ)} matched GT ({int(gt_occ.sum())} occluded), "
                    f"predicted occluded when: " + "; ".join(parts))
@@ -584,7 +586,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
                 fn += truth and not occluded[d_index]
         parts.append(f"{rule}: TP {tp} FP {fp} FN {fn} F1 {_share(2 * tp, 2 * tp + fp + fn)}")
     out.append(f"occlusion from the amodal overlaps and a depth order (occluded when a detection "
-               f"in front overlaps it; occluders: kept by mask NMS, score >= {source.min_score:g}): "
+               f"in front overlaps it; occluders: kept by mask NMS, score >= "
+               f"{source.min_score:g}): "
                + "; ".join(parts))
 
     # --- depth order under each rule

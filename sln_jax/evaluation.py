@@ -928,7 +928,9 @@ def evaluate(gt: str | os.PathLike | dict, results: str | os.PathLike | list,
       for COCOA also ``amodal/{things,stuff}/...``, ``occlusion/accuracy``,
       ``occlusion/f1``, ``occlusion/rate_mae``, ``order/accuracy`` (unordered matched
       pairs count as wrong), ``order/accuracy_decided`` (over the matched pairs the
-      prediction orders), ``order/recall`` and ``order/pairs``. Values in [0, 1] (pairs: a count); -1 where there is no GT.
+      prediction orders), ``order/recall`` and ``order/pairs``. Values in [0, 1] (pairs: a
+      count); -1 where there is no GT (and ``order/accuracy_decided`` when no pair is
+      ordered).
 
     Raises:
       ValueError: naming the file and the image / annotation / result that is wrong.
