@@ -8,7 +8,9 @@ Steps, each skipped when its output is already complete (re-running resumes):
 2. convert its train and val splits to sharded TFRecords in ``WORKDIR/data/records``;
 3. train ``config`` (resuming from the latest checkpoint in ``WORKDIR``);
 4. evaluate on the val split: print the metrics table, write ``WORKDIR/metrics.json``,
-   ``WORKDIR/results_val.json`` and pictures of predictions in ``WORKDIR/pictures/``.
+   ``WORKDIR/results_val.json``, pictures of predictions in ``WORKDIR/pictures/`` and the
+   README's results table in ``WORKDIR/metrics.md`` (``benchmarks/check_readme.py`` compares
+   the two).
 The latest checkpoint stays in ``WORKDIR`` for ``python -m sln_jax.infer``.
 """
 
@@ -24,6 +26,17 @@ from ml_collections import config_flags
 from sln_jax import runtime
 
 FLAGS = flags.FLAGS
+METRICS_MARKDOWN = "metrics.md"
+# The README's results table: (left metric, right metric) per row.
+RESULTS_TABLE_ROWS = (
+    ("amodal/AP", "modal/AP"),
+    ("amodal/AP50", "modal/AP50"),
+    ("amodal/AP75", "occlusion/accuracy"),
+    ("amodal/AR100", "occlusion/f1"),
+    ("amodal/AR100_none", "order/accuracy"),
+    ("amodal/AR100_partial", "order/accuracy_decided"),
+    ("amodal/AR100_heavy", "order/recall"),
+)
 flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and pictures.")
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.py"),
@@ -74,6 +87,34 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
     return records, os.path.join(raw, "annotations", "val.json")
 
 
+def results_table(metrics: dict[str, float]) -> str:
+    """The README's results table (Markdown) of the main job's metrics.
+
+    Every value has three decimals (-1 where a metric has no ground truth, as in
+    ``metrics.json``); ``order/accuracy`` also gives the number of matched pairs.
+    """
+    def cell(name: str) -> str:
+        value = f"{metrics.get(name, -1.0):.3f}"
+        if name == "order/accuracy" and "order/pairs" in metrics:
+            value += f" ({int(metrics['order/pairs'])} pairs)"
+        return value
+
+    lines = ["| metric | value | metric | value |", "|---|---|---|---|"]
+    lines += [f"| {left} | {cell(left)} | {right} | {cell(right)} |"
+              for left, right in RESULTS_TABLE_ROWS]
+    return "\n".join(lines) + "\n"
+
+
+def write_results_table(workdir: str, metrics: dict[str, float]) -> str:
+    """Writes ``results_table(metrics)`` to ``WORKDIR/metrics.md`` atomically; returns it."""
+    table = results_table(metrics)
+    path = os.path.join(workdir, METRICS_MARKDOWN)
+    with open(path + ".tmp", "w") as f:
+        f.write(table)
+    os.replace(path + ".tmp", path)
+    return table
+
+
 def run(config, workdir: str) -> dict[str, float]:
     """Runs the whole job; returns the final val metrics (flat names of ARCHITECTURE.md)."""
     from sln_jax import evaluation, train
@@ -88,8 +129,9 @@ def run(config, workdir: str) -> dict[str, float]:
     metrics = train.train_and_evaluate(config, workdir)
     timings["train + evaluate"] = time.perf_counter() - start
     print(evaluation.format_table(metrics))
+    print(write_results_table(workdir, metrics), end="")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print(f"metrics: {os.path.join(workdir, 'metrics.json')}; pictures: "
+    print(f"metrics: {os.path.join(workdir, 'metrics.json')} and {METRICS_MARKDOWN}; pictures: "
           f"{os.path.join(workdir, 'pictures')}; checkpoint: {workdir}")
     return metrics
 

@@ -14,7 +14,8 @@ What is measured (see ``docs/SLN.md`` section 5):
 * Occlusion-rate bins none [0, 1e-5], partial [1e-5, 0.25], heavy [0.25, 1] (ends
   inclusive; GT outside the bin is ignored, unmatched detections stay false positives),
   and for ``fmt='cocoa'`` the class-agnostic amodalAPI protocol with things / stuff filters.
-* Occlusion classification and depth order on the pairs matched at IoU 0.5.
+* Occlusion classification and depth order on the pairs matched at IoU 0.5; order
+  accuracy both over every matched pair (unordered ones wrong) and over the ordered ones.
 
 Deliberate differences from pycocotools, both where pycocotools is wrong or silent:
 a GT annotation with id 0 counts as matched (pycocotools treats it as unmatched), and
@@ -848,8 +849,13 @@ def _overlaps(rles: list) -> np.ndarray:
 
 
 def _order_metrics(pairs, images, dets) -> dict[str, float]:
-    """Pairwise depth-order accuracy over matched overlapping GT pairs, and order recall."""
-    correct = total = gt_pairs = recalled = constraints_total = 0
+    """Pairwise depth-order accuracy over matched overlapping GT pairs, and order recall.
+
+    ``order/accuracy`` counts a matched pair the prediction leaves unordered (a tie, or
+    detections that do not overlap) as wrong; ``order/accuracy_decided`` is the accuracy
+    over the matched pairs that do get a predicted order (-1 when none does).
+    """
+    correct = total = decided = gt_pairs = recalled = constraints_total = 0
     for match, img, det in zip(pairs, images, dets):
         n = len(img.ann_ids)
         if n < 2:
@@ -875,8 +881,10 @@ def _order_metrics(pairs, images, dets) -> dict[str, float]:
                 if not ordered[a, b]:
                     continue
                 truth = 1 if img.order[a] < img.order[b] else -1
+                predicted = rel.get((match[a], match[b]), 0)
                 total += 1
-                correct += rel.get((match[a], match[b]), 0) == truth
+                decided += predicted != 0
+                correct += predicted == truth
         # (b) recall over GT constraints; a constraint needs both regions matched and
         # overlapping detections
         constraints_total += len(constraints)
@@ -891,6 +899,7 @@ def _order_metrics(pairs, images, dets) -> dict[str, float]:
     return {
         # No matched pair while GT pairs exist (e.g. empty results) scores 0, not -1.
         "order/accuracy": correct / total if total else (0.0 if gt_pairs else -1.0),
+        "order/accuracy_decided": correct / decided if decided else -1.0,
         "order/recall": recalled / constraints_total if constraints_total else -1.0,
         "order/pairs": float(total),
     }
@@ -917,8 +926,11 @@ def evaluate(gt: str | os.PathLike | dict, results: str | os.PathLike | list,
       Flat metrics {name: float}: ``amodal/AP`` ... ``amodal/ARl`` (COCOeval's 12 stats),
       the same under ``modal/``, ``amodal/{AP,AP50,AP75,AR1,AR10,AR100}_{none,partial,heavy}``,
       for COCOA also ``amodal/{things,stuff}/...``, ``occlusion/accuracy``,
-      ``occlusion/f1``, ``occlusion/rate_mae``, ``order/accuracy``, ``order/recall`` and
-      ``order/pairs``. Values in [0, 1] (pairs: a count); -1 where there is no GT.
+      ``occlusion/f1``, ``occlusion/rate_mae``, ``order/accuracy`` (unordered matched
+      pairs count as wrong), ``order/accuracy_decided`` (over the matched pairs the
+      prediction orders), ``order/recall`` and ``order/pairs``. Values in [0, 1] (pairs: a
+      count); -1 where there is no GT (and ``order/accuracy_decided`` when no pair is
+      ordered).
 
     Raises:
       ValueError: naming the file and the image / annotation / result that is wrong.
@@ -975,11 +987,11 @@ def format_table(metrics: dict[str, float]) -> str:
                 lines.append(f" {f:<7} {b:<9} " + " ".join(f"{v:6.3f}" for v in values))
     lines.append("occlusion and depth order (pairs matched at IoU 0.50)")
     for key in ("occlusion/accuracy", "occlusion/f1", "occlusion/rate_mae",
-                "order/accuracy", "order/recall"):
+                "order/accuracy", "order/accuracy_decided", "order/recall"):
         if key in metrics:
-            lines.append(f" {key:<20} = {metrics[key]:0.3f}")
+            lines.append(f" {key:<22} = {metrics[key]:0.3f}")
     if "order/pairs" in metrics:
-        lines.append(f" {'order/pairs':<20} = {int(metrics['order/pairs'])}")
+        lines.append(f" {'order/pairs':<22} = {int(metrics['order/pairs'])}")
     return "\n".join(lines)
 
 

@@ -270,6 +270,25 @@ def test_depth_order_from_results_field_hand_computed():
     assert m["order/recall"] == pytest.approx(2 / 3)
 
 
+def test_order_accuracy_decided_leaves_out_unordered_pairs():
+    gt, masks = _scene()
+    results = [_det(masks[0], .9), _det(masks[1], .8), _det(masks[2], .7)]
+    # (0, 1) right, (1, 2) wrong, (0, 2) a tie (no order either way).
+    results[0]["depth_order"] = {"1": 1}
+    results[1]["depth_order"] = {"0": -1, "2": -1}
+    results[2]["depth_order"] = {"1": 1}
+    m = evaluation.evaluate(gt, results)
+    assert m["order/pairs"] == 3
+    assert m["order/accuracy"] == pytest.approx(1 / 3)  # the tie counts as wrong
+    assert m["order/accuracy_decided"] == pytest.approx(1 / 2)  # over the 2 ordered pairs
+    assert "order/accuracy_decided = 0.500" in evaluation.format_table(m)
+    # Nothing ordered: accuracy 0, accuracy over ordered pairs undefined (-1).
+    for r in results:
+        r["depth_order"] = {}
+    m = evaluation.evaluate(gt, results)
+    assert m["order/accuracy"] == 0.0 and m["order/accuracy_decided"] == -1.0
+
+
 def test_depth_order_recall_counts_missed_detections_as_wrong():
     gt, masks = _scene()
     results = [_det(masks[0], .9, depth_order={"1": 1}), _det(masks[1], .8,
