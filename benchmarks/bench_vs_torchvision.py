@@ -23,7 +23,7 @@ Matched settings: torchvision with FrozenBatchNorm2d and every ResNet stage trai
 SLN's configs: ``norm = 'frozen_bn'``, nothing frozen), ``min_size = max_size = S`` so images
 are not resized, SGD with momentum on both sides, ``torch.set_num_threads(2)``. Everything
 else stays torchvision's default (512 ROIs per image for the box head, mask head on the
-positives) and sln-jax's paper config (``configs/base.py`` values: 100 ROIs per image, mask
+positives) and sln-jax's paper config (``configs/cocoa.py``: 100 ROIs per image, mask
 slots sized to the batch's positives, 16 x 16 pool, GLM at stride 4). Scores are thresholded
 at 0.05 on both sides for inference.
 
@@ -149,11 +149,11 @@ class TorchSide:
 
 
 def paper_config(size: int, instances: int):
-    """configs/base.py at image size S (the paper's model settings, K = 4, one class)."""
+    """configs/cocoa.py (the paper's model settings, K = 4, one class) at image size S."""
     sys.path.insert(0, ROOT)
     import importlib.util
-    spec = importlib.util.spec_from_file_location("base_config",
-                                                  os.path.join(ROOT, "configs", "base.py"))
+    spec = importlib.util.spec_from_file_location("paper_config",
+                                                  os.path.join(ROOT, "configs", "cocoa.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
@@ -195,7 +195,6 @@ class JaxSide:
 
         from sln_jax import losses, train
         from sln_jax.models import postprocess
-        from sln_jax.models.backbone import FPN, ResNet
         from sln_jax.models.sln import SLN
 
         self.jax, self.jnp = jax, jnp
@@ -210,7 +209,7 @@ class JaxSide:
         self.state = train.create_train_state(model, tx, 0, (batch, size, size, 3), mesh)
         jax.block_until_ready(self.state)
         self.init_s = time.perf_counter() - start
-        self.batch = train.shard_batch(self.batch_np, mesh)
+        self.batch = train.shard_batch({k: v[None] for k, v in self.batch_np.items()}, mesh)
         loss_fn = lambda outputs: losses.compute(outputs, config.loss)  # noqa: E731
         self.step_fn = train.jit_train_step(loss_fn, mesh)
         self.eval_fn = train.jit_eval_step(mesh)
@@ -218,7 +217,6 @@ class JaxSide:
         start = time.perf_counter()
         self.compiled_step = self.step_fn.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
-        self.model, self.FPN, self.ResNet = model, FPN, ResNet
 
         variables = self.state.variables
         images = self.batch["image"]

@@ -165,3 +165,17 @@ def test_to_instances_equals_decoding_full_image_pastes(head):
             want["visible"] = want["modal"]
         for key in ("amodal", "visible", "layers"):
             np.testing.assert_array_equal(instance[key], want[key])
+    if head == "layers":
+        # The soft order on windows equals the joint-probability rule on image-sized pastes.
+        full = [layering.paste(maps[i][None], b[None], (h, w))[0] for i, b in zip(keep, clipped)]
+        ordered = 0
+        for i, a in enumerate(instances):
+            for j, b in enumerate(instances):
+                if i == j:
+                    continue
+                evidence = (np.sum(full[i][..., 0] * full[j][..., 1:].sum(-1))
+                            - np.sum(full[j][..., 0] * full[i][..., 1:].sum(-1)))
+                want = int(np.sign(evidence)) if (a["amodal"] & b["amodal"]).any() else 0
+                assert a["depth_order"].get(j, 0) == want, (i, j, evidence)
+                ordered += want != 0
+        assert ordered > 0
