@@ -77,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 1 image per device as in the reference, on 8 accelerators: set to your device count.
     config.train.batch_size = 8
     config.train.log_every = 100
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"

@@ -85,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.num_steps = 600
     config.train.batch_size = 8
     config.train.log_every = 25
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"

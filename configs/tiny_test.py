@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.num_steps = 4
     config.train.batch_size = 2
     config.train.log_every = 1
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"
