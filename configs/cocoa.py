@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ImageNet ResNet weights, .npz or .safetensors (sln_jax/models/pretrained.py); the
     # paper starts from them: set it with --config.model.pretrained_backbone=FILE.
     config.model.pretrained_backbone = ""
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
     config.model.fpn_dim = 256
     config.model.mask_head_dim = 256
     config.model.num_classes = config.data.num_classes

@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone_width = 16
     config.model.norm = "group_norm"
     config.model.pretrained_backbone = ""  # .npz / .safetensors ResNet (needs frozen_bn)
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
     config.model.fpn_dim = 64
     config.model.mask_head_dim = 32
     config.model.num_classes = config.data.num_classes

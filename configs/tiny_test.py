@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone_width = 4
     config.model.norm = "group_norm"
     config.model.pretrained_backbone = ""  # .npz / .safetensors ResNet (needs frozen_bn)
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
     config.model.fpn_dim = 8
     config.model.mask_head_dim = 8
     config.model.num_classes = config.data.num_classes

@@ -58,7 +58,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sln_jax import evaluation, frozen as frozen_params, input_pipeline, losses
-from sln_jax.models import postprocess, pretrained, sln
+from sln_jax.models import postprocess, pretrained, sln, torchvision_import
 
 __all__ = [
     "DATA_AXIS",
@@ -271,8 +271,10 @@ def create_train_state(
 
 
 def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
-                             prefix: tuple[str, ...] = ("backbone",)) -> TrainState:
-    """The state with its backbone weights loaded from a torchvision-layout ResNet file.
+                             prefix: tuple[str, ...] = ("backbone",),
+                             maskrcnn: bool = False) -> TrainState:
+    """The state with its backbone weights loaded from a torchvision-layout ResNet file
+    (or, with ``maskrcnn``, every weight a torchvision Mask R-CNN file provides).
 
     Every process reads the same file and builds the same replicated arrays, so this works
     on several hosts without a broadcast. The optimizer state is kept: at step 0 it does
@@ -283,6 +285,8 @@ def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
       path: ``.npz`` or ``.safetensors`` (``sln_jax.models.pretrained``).
       mesh: the device mesh.
       prefix: path of the ResNet inside ``params`` and ``batch_stats``.
+      maskrcnn: ``path`` is a torchvision ``maskrcnn_resnet50_fpn`` state dict
+        (``sln_jax.models.torchvision_import``; ``prefix`` is not used).
 
     Returns:
       The TrainState with new ``params`` and ``batch_stats``, replicated over ``mesh``.
@@ -294,9 +298,15 @@ def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
         # A replicated array holds the whole value on each of this host's devices.
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
-    variables = pretrained.load_torchvision_resnet(
-        path, {"params": local(state.params), "batch_stats": local(state.batch_stats)},
-        prefix=prefix)
+    current = {"params": local(state.params), "batch_stats": local(state.batch_stats)}
+    if maskrcnn:
+        variables, report = torchvision_import.load_torchvision_maskrcnn(path, current)
+        logging.info("Mask R-CNN weights: %d tensors loaded, %d partly (GLM inputs kept), "
+                     "%d class-specific re-initialised, %d kept (no counterpart), %d file "
+                     "keys unused", *(len(report[k]) for k in (
+                         "loaded", "partial", "reinitialised", "kept", "unused")))
+    else:
+        variables = pretrained.load_torchvision_resnet(path, current, prefix=prefix)
     replicated = NamedSharding(mesh, P())
 
     def put(tree):
@@ -692,9 +702,16 @@ class Trainer:
         state = create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
         logging.info("%s", frozen_params.describe(state.params, self.frozen))
         path = self.config.model.get("pretrained_backbone", "")
+        maskrcnn = self.config.model.get("pretrained_maskrcnn", "")
+        if maskrcnn and path:
+            raise ValueError("config.model.pretrained_backbone and pretrained_maskrcnn are both "
+                             "set: the Mask R-CNN file holds the backbone too; set one")
         if path and pretrained_backbone:
             state = load_pretrained_backbone(state, path, self.mesh)
             logging.info("backbone weights loaded from %s", path)
+        if maskrcnn and pretrained_backbone:
+            state = load_pretrained_backbone(state, maskrcnn, self.mesh, maskrcnn=True)
+            logging.info("Mask R-CNN weights loaded from %s", maskrcnn)
         return state
 
     def train_step(self, state: TrainState, host_batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
