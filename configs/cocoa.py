@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "val"
     config.data.shuffle_buffer = 2048
     config.data.flip = True
+    config.data.box_jitter = 0.0  # GT boxes += U(-1, 1) x j x size (input_pipeline)
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "resnet101"
