@@ -97,7 +97,7 @@ def apply_reference_protocol(config: ml_collections.ConfigDict) -> ml_collection
 def get_config() -> ml_collections.ConfigDict:
     """configs/cocoa.py with the reference protocol."""
     config = apply_reference_protocol(load_config("cocoa"))
-    config.data.dir = "data/cocoa_reference/records"
+    # config.data.dir: the base's (the same conversion serves both recipes).
     config.data.num_classes = 1  # class-agnostic, as the base (amodal_train.py: 'foreground')
     config.model.num_classes = 1
     config.eval.format = "cocoa"  # evaluate/amodalevalCOCOA.py: catIds = [1]

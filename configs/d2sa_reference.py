@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
     config = reference.apply_reference_protocol(reference.load_config("d2sa"))
-    config.data.dir = "data/d2sa_reference/records"
+    config.data.dir = "data/d2sa_agnostic/records"  # converted from the class-agnostic copies
     config.data.num_classes = 1  # everything class 1 (see the module docstring)
     config.model.num_classes = 1
     config.model.class_agnostic_masks = True
