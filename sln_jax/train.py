@@ -700,7 +700,6 @@ class Trainer:
         """
         size = int(self.config.data.image_size)
         state = create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
-        logging.info("%s", frozen_params.describe(state.params, self.frozen))
         path = self.config.model.get("pretrained_backbone", "")
         maskrcnn = self.config.model.get("pretrained_maskrcnn", "")
         if maskrcnn and path:
@@ -712,6 +711,9 @@ class Trainer:
         if maskrcnn and pretrained_backbone:
             state = load_pretrained_backbone(state, maskrcnn, self.mesh, maskrcnn=True)
             logging.info("Mask R-CNN weights loaded from %s", maskrcnn)
+        if self.frozen and pretrained_backbone and not (path or maskrcnn):
+            logging.warning("config.train.frozen keeps parameters at their random "
+                            "initialisation: no pretrained_backbone / pretrained_maskrcnn set")
         return state
 
     def train_step(self, state: TrainState, host_batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -745,6 +747,7 @@ class Trainer:
         manager = create_checkpoint_manager(workdir, config.checkpoint)
         fresh = manager.latest_step() is None
         state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=fresh))
+        logging.info("%s", frozen_params.describe(state.params, self.frozen))
         start_step = int(state.step)
         if start_step:
             logging.info("Resumed from step %d in %s", start_step, manager.directory)

@@ -140,15 +140,16 @@ def test_trainer_with_a_frozen_backbone_on_the_tiny_sln(tmp_path, caplog):
     config = tiny_config(make_tiny_dataset(str(tmp_path / "data"), num_train=4, num_val=2))
     config.model.norm = "frozen_bn"
     config.train.frozen = ("^backbone/",)
+    config.train.num_steps = 2
     trainer = train.Trainer(config)
+    before = jax.device_get(trainer.initial_state().params)
     with caplog.at_level("INFO"):
-        state = trainer.initial_state()
-    assert any("frozen (config.train.frozen" in r.getMessage() for r in caplog.records)
-    before = jax.device_get(state.params)
-    batches = iter(__import__("sln_jax.input_pipeline", fromlist=["x"]).create_dataset(
-        config.data, "train", batch_dims=(1, 2), train=True, seed=0))
-    for _ in range(2):
-        state, _ = trainer.train_step(state, next(batches))
+        state = trainer.train(str(tmp_path / "run"), evaluate_every=False)
+    messages = [r.getMessage() for r in caplog.records]
+    trainable, frozen_count = frozen.count_params(before, config.train.frozen)
+    assert f"parameters: {trainable:,} trainable, {frozen_count:,} frozen" in "\n".join(messages)
+    assert any("random initialisation" in m for m in messages)
+    assert int(state.step) == 2
     after = jax.device_get(state.params)
     for leaf_before, leaf_after in zip(jax.tree.leaves(before["backbone"]),
                                        jax.tree.leaves(after["backbone"])):

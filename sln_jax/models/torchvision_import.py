@@ -162,7 +162,10 @@ def _conv_or_bias(value: np.ndarray) -> np.ndarray:
     return _conv(value) if value.ndim == 4 else value
 
 
-_HEAD_RULES: list[tuple[re.Pattern, Callable[[re.Match], tuple[tuple[str, ...], Callable]]]] = [
+# canonical key pattern -> (SLN module path, transform of the tensor); "fc6" is resolved with
+# the FPN width in _target.
+_HEAD_RULES: list[tuple[re.Pattern, Callable[[re.Match], tuple[tuple[str, ...],
+                                                               Callable | str]]]] = [
     (re.compile(r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.(weight|bias)$"),
      lambda m: (("fpn", f"lateral{int(m.group(1)) + 2}"), _conv_or_bias)),
     (re.compile(r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.(weight|bias)$"),
