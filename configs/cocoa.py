@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "val"
     config.data.shuffle_buffer = 2048
     config.data.flip = True
+    config.data.box_jitter = 0.0  # GT boxes += U(-1, 1) x j x size (input_pipeline)
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "resnet101"
@@ -34,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     # ImageNet ResNet weights, .npz or .safetensors (sln_jax/models/pretrained.py); the
     # paper starts from them: set it with --config.model.pretrained_backbone=FILE.
     config.model.pretrained_backbone = ""
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
     config.model.fpn_dim = 256
     config.model.mask_head_dim = 256
     config.model.num_classes = config.data.num_classes
@@ -78,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 1 image per device as in the reference, on 8 accelerators: set to your device count.
     config.train.batch_size = 8
     config.train.log_every = 100
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "sgd"

@@ -37,12 +37,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_split = "val"
     config.data.shuffle_buffer = 512
     config.data.flip = True
+    config.data.box_jitter = 0.0  # GT boxes += U(-1, 1) x j x size (input_pipeline)
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "resnet_tiny"
     config.model.backbone_width = 16
     config.model.norm = "group_norm"
     config.model.pretrained_backbone = ""  # .npz / .safetensors ResNet (needs frozen_bn)
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
     config.model.fpn_dim = 64
     config.model.mask_head_dim = 32
     config.model.num_classes = config.data.num_classes
@@ -86,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.num_steps = 600
     config.train.batch_size = 8
     config.train.log_every = 25
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"

@@ -16,6 +16,17 @@ Choices:
   function of (seed, t): ``start_step`` jumps to example ``start_step * batch`` (skipping
   whole epochs without reading them) and yields exactly the batches an uninterrupted run
   would have yielded from that step on.
+* GT box jitter (``data.box_jitter`` = j > 0, training only; the reference's
+  ``utils.extract_bboxes`` adds U(-1, 1) x (h, w, h, w) / 15 to every GT box, i.e. j = 1/15):
+  each coordinate of each kept box moves by U(-1, 1) x j x the box's height (y) or width (x),
+  then the box is clipped to the image content. The jittered box is what the RPN and box
+  targets see. The layer / sem-dist crops are relative to their box, so they are resampled
+  (nearest cell) into the jittered box: where it grows, the new border is "outside"; where it
+  shrinks, the object's pixels beyond it leave the targets (as Matterport's mini-masks would;
+  the reference itself keeps full-image masks, which we do not store). The draws are
+  stateless, seeded by (seed, example number) apart from the flip's, so the stream stays a
+  function of (seed, t) and j = 0 leaves it bit-identical. Unlike the reference we neither
+  round the jittered boxes to integers nor jitter evaluation.
 * evaluation: one pass in file order without flips; the last batch is completed with
   padding images (``image_valid`` False, no valid instance), and every host yields the same
   number of batches (the largest host's), so multi-host evaluation stays in lockstep.
@@ -92,9 +103,52 @@ def _host_files(metadata: dict, directory: str, split: str) -> tuple[list[str], 
     return paths, list(counts[host::hosts])
 
 
+def _jitter_boxes(boxes, layer_crops, semdist_crops, draw, jitter: float, height, width):
+    """Jittered boxes and their crops resampled into them (module docstring).
+
+    Args:
+      boxes: float32 [n, 4] (y1, x1, y2, x2) canvas pixels; layer_crops, semdist_crops:
+        [n, P, P] relative to those boxes (0 = outside in both encodings).
+      draw: float32 [n, 4] uniform in [-1, 1); jitter: j; height, width: image content size.
+    """
+    import tensorflow as tf
+
+    h = boxes[:, 2] - boxes[:, 0]
+    w = boxes[:, 3] - boxes[:, 1]
+    sizes = tf.stack([h, w, h, w], axis=1)
+    upper = tf.stack([height, width, height, width])
+    new = tf.clip_by_value(boxes + draw * jitter * sizes, 0.0, upper[None, :])
+    p = tf.shape(layer_crops)[1]
+    centres = (tf.range(p, dtype=tf.float32) + 0.5) / tf.cast(p, tf.float32)  # [P]
+
+    def cells(start, length, new_start, new_length):
+        # Crop cell (in the old box) of each new cell centre; inside the old box or not.
+        u = ((new_start[:, None] + centres[None, :] * new_length[:, None]) - start[:, None]) / (
+            tf.maximum(length[:, None], 1e-6))
+        inside = (u >= 0.0) & (u < 1.0)
+        index = tf.clip_by_value(tf.cast(tf.floor(u * tf.cast(p, tf.float32)), tf.int32),
+                                 0, p - 1)
+        return index, inside
+
+    rows, row_in = cells(boxes[:, 0], h, new[:, 0], new[:, 2] - new[:, 0])
+    cols, col_in = cells(boxes[:, 1], w, new[:, 1], new[:, 3] - new[:, 1])
+    inside = row_in[:, :, None] & col_in[:, None, :]
+
+    def resample(crops):
+        out = tf.gather(crops, rows, axis=1, batch_dims=1)
+        out = tf.gather(out, cols, axis=2, batch_dims=1)
+        return tf.where(inside, out, tf.zeros_like(out))
+
+    return new, resample(layer_crops), resample(semdist_crops)
+
+
 def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
-                num_layers: int):
-    """One parsed record -> fixed-shape tensors (see the module docstring)."""
+                num_layers: int, box_jitter: float = 0.0, jitter_draw=None):
+    """One parsed record -> fixed-shape tensors (see the module docstring).
+
+    ``jitter_draw``: float32 [max_instances, 4] uniform in [-1, 1) when ``box_jitter`` > 0
+    (training), else None.
+    """
     import tensorflow as tf
 
     s, m, k = image_size, max_instances, num_layers
@@ -135,6 +189,10 @@ def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
     layer_crops, semdist_crops = take("layer_crops"), take("semdist_crops")
     layer_crops = tf.cond(flip, lambda: layer_crops[:, :, ::-1], lambda: layer_crops)
     semdist_crops = tf.cond(flip, lambda: semdist_crops[:, :, ::-1], lambda: semdist_crops)
+    if box_jitter > 0 and jitter_draw is not None:
+        boxes, layer_crops, semdist_crops = _jitter_boxes(
+            boxes, layer_crops, semdist_crops, jitter_draw[:count], float(box_jitter),
+            tf.cast(new_h, tf.float32), width)
     layers = tf.cast(layer_crops, tf.int8) - 1  # stored as layer + 1, 0 outside
     semdist = tf.cast(semdist_crops, tf.float32) * ((k + 1) / 255.0)
     p = layer_crops.shape[-1]
@@ -194,7 +252,7 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
 
     Args:
       data_config: ``config.data`` (dir, image_size S, max_instances M, mask_target_size P,
-        num_layers K, num_classes, shuffle_buffer, flip).
+        num_layers K, num_classes, shuffle_buffer, flip, box_jitter (optional, default 0)).
       split: split name in the dataset's metadata (e.g. ``config.data.train_split``).
       batch_dims: (local devices D, per-device batch B).
       train: endless shuffled and flipped stream (``data_config.flip``) if True, else one
@@ -249,12 +307,22 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
         ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
         ds = ds.enumerate(start=start)
         do_flip = bool(data_config.flip)
+        box_jitter = float(data_config.get("box_jitter", 0.0))
+        if box_jitter < 0:
+            raise ValueError(f"config.data.box_jitter must be >= 0, got {box_jitter}")
+        max_instances = preprocess_args["max_instances"]
 
         def example(index, serialized):
-            draw = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64),
-                                                                  index]))
+            example_seed = tf.stack([tf.cast(seed, tf.int64), index])
+            draw = tf.random.stateless_uniform([], seed=example_seed)
             flip = tf.logical_and(tf.constant(do_flip), draw < 0.5)
-            return _preprocess(parse(serialized), flip, **preprocess_args)
+            jitter_draw = None
+            if box_jitter > 0:
+                jitter_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
+                jitter_draw = tf.random.stateless_uniform([max_instances, 4], seed=jitter_seed,
+                                                          minval=-1.0, maxval=1.0)
+            return _preprocess(parse(serialized), flip, box_jitter=box_jitter,
+                               jitter_draw=jitter_draw, **preprocess_args)
 
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch, drop_remainder=True)

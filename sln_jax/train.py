@@ -21,7 +21,9 @@ Config fields owned here (see ``configs/synthetic.py`` for a complete example):
 * ``config.seed``: int, seeds parameter init, sampling and data order.
 * ``config.multihost``: bool, call ``jax.distributed.initialize()`` (in ``main``).
 * ``config.train``: ``num_steps`` (int), ``batch_size`` (global images per step, divisible by
-  the device count), ``log_every`` (steps between progress lines / TensorBoard points).
+  the device count), ``log_every`` (steps between progress lines / TensorBoard points),
+  ``frozen`` (tuple of regex patterns over parameter paths such as ``'^backbone/'``; matching
+  parameters are not trained, see ``sln_jax.frozen``; absent = ()).
 * ``config.optim``: ``name`` ('sgd' | 'adamw'), ``learning_rate``, ``momentum`` (sgd),
   ``b1``, ``b2`` (adamw), ``weight_decay`` (kernels only: norms and biases are excluded),
   ``schedule`` ('cosine' | 'step' | 'constant'), ``warmup_steps``, ``warmup_factor`` (lr at
@@ -55,8 +57,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sln_jax import evaluation, input_pipeline, losses
-from sln_jax.models import postprocess, pretrained, sln
+from sln_jax import evaluation, frozen as frozen_params, input_pipeline, losses
+from sln_jax.models import postprocess, pretrained, sln, torchvision_import
 
 __all__ = [
     "DATA_AXIS",
@@ -187,7 +189,8 @@ def weight_decay_mask(params: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def create_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(optim_config, num_steps: int, frozen: tuple[str, ...] = ()
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax chain: clip by global norm, then SGD-momentum with decoupled-mask L2, or AdamW.
 
     SGD adds ``weight_decay * param`` to the clipped gradient of the masked leaves (PyTorch /
@@ -196,6 +199,8 @@ def create_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransf
     Args:
       optim_config: ``config.optim``.
       num_steps: total training steps (for the schedule).
+      frozen: ``config.train.frozen`` path patterns; the chain runs on the other leaves only
+        (``sln_jax.frozen.freeze``: no state, no decay, not in the clipping norm).
 
     Returns:
       (tx, schedule): the transformation and its learning-rate schedule.
@@ -221,7 +226,7 @@ def create_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransf
         )
     else:
         raise ValueError(f"optim.name={optim_config.name!r}: expected 'sgd' or 'adamw'")
-    return tx, schedule
+    return frozen_params.freeze(tx, tuple(frozen)), schedule
 
 
 def create_train_state(
@@ -266,8 +271,10 @@ def create_train_state(
 
 
 def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
-                             prefix: tuple[str, ...] = ("backbone",)) -> TrainState:
-    """The state with its backbone weights loaded from a torchvision-layout ResNet file.
+                             prefix: tuple[str, ...] = ("backbone",),
+                             maskrcnn: bool = False) -> TrainState:
+    """The state with its backbone weights loaded from a torchvision-layout ResNet file
+    (or, with ``maskrcnn``, every weight a torchvision Mask R-CNN file provides).
 
     Every process reads the same file and builds the same replicated arrays, so this works
     on several hosts without a broadcast. The optimizer state is kept: at step 0 it does
@@ -278,6 +285,8 @@ def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
       path: ``.npz`` or ``.safetensors`` (``sln_jax.models.pretrained``).
       mesh: the device mesh.
       prefix: path of the ResNet inside ``params`` and ``batch_stats``.
+      maskrcnn: ``path`` is a torchvision ``maskrcnn_resnet50_fpn`` state dict
+        (``sln_jax.models.torchvision_import``; ``prefix`` is not used).
 
     Returns:
       The TrainState with new ``params`` and ``batch_stats``, replicated over ``mesh``.
@@ -289,9 +298,15 @@ def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
         # A replicated array holds the whole value on each of this host's devices.
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
-    variables = pretrained.load_torchvision_resnet(
-        path, {"params": local(state.params), "batch_stats": local(state.batch_stats)},
-        prefix=prefix)
+    current = {"params": local(state.params), "batch_stats": local(state.batch_stats)}
+    if maskrcnn:
+        variables, report = torchvision_import.load_torchvision_maskrcnn(path, current)
+        logging.info("Mask R-CNN weights: %d tensors loaded, %d partly (GLM inputs kept), "
+                     "%d class-specific re-initialised, %d kept (no counterpart), %d file "
+                     "keys unused", *(len(report[k]) for k in (
+                         "loaded", "partial", "reinitialised", "kept", "unused")))
+    else:
+        variables = pretrained.load_torchvision_resnet(path, current, prefix=prefix)
     replicated = NamedSharding(mesh, P())
 
     def put(tree):
@@ -334,6 +349,7 @@ def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     loss_fn: Callable[[dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]],
+    frozen: tuple[str, ...] = (),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update; pure, so ``jit`` with shardings wraps it for any device count.
 
@@ -342,10 +358,12 @@ def train_step(
       batch: the global batch (keys of docs/interfaces.md, leading [B]).
       loss_fn: model outputs -> (total float32 [], per-term metrics {name: float32 []}); the
         total must be a mean over the batch's images.
+      frozen: ``config.train.frozen``; those gradients are replaced by zeros (so XLA skips
+        computing them) and the optimizer (``create_optimizer(frozen=...)``) leaves them out.
 
     Returns:
       (new state, metrics): metrics hold every loss term, ``loss/total``,
-      ``grad_norm`` (before clipping) and ``finite`` (1.0 when loss and gradients are finite).
+      ``grad_norm`` (of the trainable parameters, before clipping) and ``finite`` (1.0 when loss and gradients are finite).
     """
     rng = jax.random.fold_in(state.rng, state.step)
 
@@ -360,6 +378,7 @@ def train_step(
         return loss_fn(outputs)
 
     (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+    grads = frozen_params.zero_frozen(grads, frozen)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
@@ -387,11 +406,11 @@ def eval_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
     return state.apply_fn(state.variables, images, None, train=False)
 
 
-def jit_train_step(loss_fn, mesh: Mesh):
+def jit_train_step(loss_fn, mesh: Mesh, frozen: tuple[str, ...] = ()):
     """``train_step`` compiled with a replicated state and a data-sharded batch; donates the state."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn),
+        functools.partial(train_step, loss_fn=loss_fn, frozen=tuple(frozen)),
         in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -665,9 +684,10 @@ class Trainer:
         self.mesh = create_mesh() if mesh is None else mesh
         self.model = sln.SLN(config.model)
         self.num_steps = int(config.train.num_steps)
-        self.tx, self.schedule = create_optimizer(config.optim, self.num_steps)
+        self.frozen = tuple(config.train.get("frozen", ()))
+        self.tx, self.schedule = create_optimizer(config.optim, self.num_steps, self.frozen)
         self._train_step = jit_train_step(
-            functools.partial(_compute_loss, loss_config=config.loss), self.mesh
+            functools.partial(_compute_loss, loss_config=config.loss), self.mesh, self.frozen
         )
         self._eval_step = jit_eval_step(self.mesh)
 
@@ -681,9 +701,19 @@ class Trainer:
         size = int(self.config.data.image_size)
         state = create_train_state(self.model, self.tx, int(self.config.seed), (1, size, size, 3), self.mesh)
         path = self.config.model.get("pretrained_backbone", "")
+        maskrcnn = self.config.model.get("pretrained_maskrcnn", "")
+        if maskrcnn and path:
+            raise ValueError("config.model.pretrained_backbone and pretrained_maskrcnn are both "
+                             "set: the Mask R-CNN file holds the backbone too; set one")
         if path and pretrained_backbone:
             state = load_pretrained_backbone(state, path, self.mesh)
             logging.info("backbone weights loaded from %s", path)
+        if maskrcnn and pretrained_backbone:
+            state = load_pretrained_backbone(state, maskrcnn, self.mesh, maskrcnn=True)
+            logging.info("Mask R-CNN weights loaded from %s", maskrcnn)
+        if self.frozen and pretrained_backbone and not (path or maskrcnn):
+            logging.warning("config.train.frozen keeps parameters at their random "
+                            "initialisation: no pretrained_backbone / pretrained_maskrcnn set")
         return state
 
     def train_step(self, state: TrainState, host_batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -717,6 +747,7 @@ class Trainer:
         manager = create_checkpoint_manager(workdir, config.checkpoint)
         fresh = manager.latest_step() is None
         state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=fresh))
+        logging.info("%s", frozen_params.describe(state.params, self.frozen))
         start_step = int(state.step)
         if start_step:
             logging.info("Resumed from step %d in %s", start_step, manager.directory)

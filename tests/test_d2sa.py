@@ -92,3 +92,28 @@ def test_synthetic_dataset_through_the_reader(tmp_path):
         np.testing.assert_array_equal(scene.classes, want.classes)
     assert warnings["order_contradicts_masks"] == 0
     assert warnings["visible_layer_conflict"] == 0
+
+
+def test_class_agnostic_copy_reads_as_one_class(tmp_path, capsys):
+    import json
+
+    from data_prep import class_agnostic
+
+    truth = [layered_scene(seed=s) for s in range(2)]
+    path, images = write_d2sa(str(tmp_path), truth)
+    out = str(tmp_path / "agnostic.json")
+    assert class_agnostic.main(["--input", path, "--output", out]) == 0
+    data, scenes, warnings = _load(out, images)
+    assert data.classes == {1: "object"}
+    for want, scene in zip(truth, scenes):
+        assert (scene.classes == 1).all()
+        np.testing.assert_array_equal(scene.amodal, want["amodal"])
+        np.testing.assert_array_equal(scene.order, want["order"])
+    with open(path) as f:
+        original = json.load(f)
+    with open(out) as f:
+        copy = json.load(f)
+    assert [dict(a, category_id=1) for a in original["annotations"]] == copy["annotations"]
+    assert class_agnostic.main(["--input", str(tmp_path / "missing.json"),
+                                "--output", out]) == 1
+    assert "missing.json" in capsys.readouterr().err

@@ -243,3 +243,57 @@ def test_read_metadata_checks_the_config(data_dir, tmp_path):
     with pytest.raises(ValueError, match="no split 'test'"):
         input_pipeline.create_dataset(_config(data_dir), "test", batch_dims=(1, 1),
                                       train=False, seed=0)
+
+
+def _resample_into(box, new_box, crop, outside):
+    """The crop cell (of ``box``) holding each cell centre of ``new_box``; ``outside`` if none."""
+    p = crop.shape[0]
+    centres = (np.arange(p) + 0.5) / p
+
+    def cells(a0, a1, b0, b1):
+        u = (b0 + centres * (b1 - b0) - a0) / (a1 - a0)
+        return np.clip(np.floor(u * p), 0, p - 1).astype(int), (u >= 0) & (u < 1)
+
+    rows, row_in = cells(box[0], box[2], new_box[0], new_box[2])
+    cols, col_in = cells(box[1], box[3], new_box[1], new_box[3])
+    out = crop[rows[:, None], cols[None, :]]
+    return np.where(row_in[:, None] & col_in[None, :], out, outside)
+
+
+def test_box_jitter_moves_boxes_and_keeps_the_crops_on_the_object(data_dir):
+    jitter = 1.0 / 15  # the reference's U(-1, 1) x size / 15
+    plain = _take(input_pipeline.create_dataset(_config(data_dir), "train", batch_dims=(1, 3),
+                                                train=True, seed=4), 4)
+    jittered = _take(input_pipeline.create_dataset(
+        _config(data_dir, box_jitter=jitter), "train", batch_dims=(1, 3), train=True, seed=4), 4)
+    again = _take(input_pipeline.create_dataset(
+        _config(data_dir, box_jitter=jitter), "train", batch_dims=(1, 3), train=True, seed=4), 4)
+    moved = 0
+    for a, b, c in zip(plain, jittered, again):
+        for key in b:
+            np.testing.assert_array_equal(b[key], c[key], err_msg=key)  # deterministic
+        for x, y in zip(_images(a), _images(b)):
+            for key in ("image", "global_layers", "classes", "valid", "order", "image_id"):
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)  # same flips
+            nh, nw = x["image_size"]
+            for i in np.flatnonzero(x["valid"]):
+                box, new = x["boxes"][i], y["boxes"][i]
+                size = np.array([box[2] - box[0], box[3] - box[1]] * 2)
+                assert np.all(np.abs(new - box) <= jitter * size + 1e-4)
+                assert np.all(new >= 0) and new[2] <= nh + 1e-4 and new[3] <= nw + 1e-4
+                assert new[2] > new[0] and new[3] > new[1]
+                moved += int(not np.allclose(new, box))
+                np.testing.assert_array_equal(
+                    y["layers"][i], _resample_into(box, new, x["layers"][i], -1))
+                np.testing.assert_array_equal(
+                    y["semdist"][i], _resample_into(box, new, x["semdist"][i], 0.0))
+            pad = ~x["valid"]
+            np.testing.assert_array_equal(y["boxes"][pad], 0.0)
+            assert (y["layers"][pad] == -1).all()
+    assert moved >= 10
+
+
+def test_box_jitter_must_not_be_negative(data_dir):
+    with pytest.raises(ValueError, match="box_jitter"):
+        input_pipeline.create_dataset(_config(data_dir, box_jitter=-0.1), "train",
+                                      batch_dims=(1, 1), train=True, seed=0)
