@@ -4,25 +4,23 @@ An example holds what a record of ``data_prep.records`` holds, made by the same 
 (``data_prep.convert.load_example``: the dataset's reader, ``load_scene``, ``read_image``
 and ``build_targets``):
 
-| feature                    | type                          | content                              |
-|----------------------------|-------------------------------|--------------------------------------|
-| ``image``                  | Image uint8 [H, W, 3]         | the original JPEG / PNG bytes (PNG   |
-|                            |                               | after conversion, ``read_image``)    |
-| ``image_id``               | int64                         | image id in the annotation file      |
-| ``image_format``           | text                          | "jpeg" or "png"                      |
-| ``instances/ann_id``       | int64 [N]                     | annotation ids                       |
-| ``instances/box``          | float32 [N, 4]                | amodal boxes (y1, x1, y2, x2) pixels |
-| ``instances/label``        | int64 [N]                     | contiguous class ids 1..C (names in  |
-|                            |                               | ``info.metadata['classes']``)        |
-| ``instances/order``        | int64 [N]                     | strict depth rank, 0 = front         |
-| ``instances/occlusion``    | float32 [N]                   | 1 - visible / amodal area            |
-| ``instances/area``         | int64 [N]                     | amodal area in pixels                |
-| ``instances/is_stuff``     | bool [N]                      | COCOA stuff regions                  |
-| ``instances/amodal_rle``   | string [N]                    | COCO compressed RLE counts (decode   |
-| ``instances/visible_rle``  | string [N]                    | with pycocotools, size [H, W])       |
-| ``instances/layers``       | uint8 [N, P, P] (zlib)        | layer + 1 crops, 0 outside           |
-| ``instances/semdist``      | uint8 [N, P, P] (zlib)        | round(M / (K + 1) * 255) crops       |
-| ``global_layers``          | Image uint8 [H, W, 1] (PNG)   | global layering map 0..K-1           |
+| feature                   | type                    | content                                 |
+|---------------------------|-------------------------|-----------------------------------------|
+| ``image``                 | Image uint8 [H, W, 3]   | original JPEG / PNG bytes (``read_image``)|
+| ``image_id``              | int64                   | image id in the annotation file         |
+| ``image_format``          | text                    | "jpeg" or "png"                         |
+| ``instances/ann_id``      | int64 [N]               | annotation ids                          |
+| ``instances/box``         | float32 [N, 4]          | amodal boxes (y1, x1, y2, x2), pixels   |
+| ``instances/label``       | int64 [N]               | class ids 1..C (``metadata['classes']``)|
+| ``instances/order``       | int64 [N]               | strict depth rank, 0 = front            |
+| ``instances/occlusion``   | float32 [N]             | 1 - visible / amodal area               |
+| ``instances/area``        | int64 [N]               | amodal area in pixels                   |
+| ``instances/is_stuff``    | bool [N]                | COCOA stuff regions                     |
+| ``instances/amodal_rle``  | string [N]              | compressed COCO RLE counts, size [H, W] |
+| ``instances/visible_rle`` | string [N]              | same for the visible masks              |
+| ``instances/layers``      | uint8 [N, P, P] (zlib)  | layer + 1 crops, 0 outside              |
+| ``instances/semdist``     | uint8 [N, P, P] (zlib)  | round(M / (K + 1) * 255) crops          |
+| ``global_layers``         | Image uint8 [H, W, 1]   | global layering map 0..K-1 (PNG)        |
 
 K (``num_layers``) and P (``mask_target_size``) are the builder config's; they, the class
 names and the dataset's category ids are in ``info.metadata``. Examples are stored in the
