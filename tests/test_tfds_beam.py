@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 import data_prep.tfds_builders  # noqa: E402,F401  (registers the builders)
 from amodal_files import layered_scene, write_d2sa  # noqa: E402
 from data_prep import convert  # noqa: E402
-from tfds_helpers import (K, P, assert_same_as_records, leftovers, tiny_config,  # noqa: E402
+from tfds_helpers import (K, P, assert_same_as_records, leftovers,  # noqa: E402
                           tiny_synthetic_config)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,9 @@ def test_direct_runner_equals_the_process_pool(tmp_path):
     assert assert_same_as_records(builder, "val", out) == 4
 
 
-def test_bad_input_on_beam_names_it_and_leaves_no_version(tmp_path):
+def test_bad_input_on_beam_is_one_line_and_leaves_no_version(tmp_path, capsys):
+    from data_prep.tfds_builders import __main__ as cli
+
     scenes = [layered_scene(seed=i, count=3) for i in range(3)]
     path, images = write_d2sa(str(tmp_path / "raw"), scenes, split="train")
     manual = tmp_path / "manual"
@@ -63,10 +65,14 @@ def test_bad_input_on_beam_names_it_and_leaves_no_version(tmp_path):
     shutil.copytree(images, manual / "images")
     image = manual / "images" / "000002.png"
     image.write_bytes(image.read_bytes()[:100])
-    builder = tfds.builder("d2sa_amodal", data_dir=str(tmp_path / "tfds"), config=tiny_config())
-    download_config = _beam_config(workers=1)
-    download_config.manual_dir = str(manual)
-    with pytest.raises(Exception, match=r"000002\.png \(image 2\): unreadable or truncated"):
-        builder.download_and_prepare(download_config=download_config)
-    assert not builder.is_prepared()
-    assert leftovers(str(tmp_path / "tfds"), "d2sa_amodal") == []
+    data_dir = str(tmp_path / "tfds")
+    status = cli.main(["--dataset", "d2sa_amodal", "--config", "k4_p28", "--data_dir",
+                       data_dir, "--manual_dir", str(manual), "--beam_pipeline_options",
+                       "runner=DirectRunner,direct_num_workers=2,"
+                       "direct_running_mode=multi_processing"])
+    assert status == 1
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: {image} (image 2): unreadable or truncated image")
+    assert leftovers(data_dir, "d2sa_amodal") == []

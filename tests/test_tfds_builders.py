@@ -101,11 +101,7 @@ def test_d2sa(tmp_path):
 
 
 def test_kins(tmp_path):
-    manual = tmp_path / "manual"
-    for split, kitti in (("train", "training"), ("test", "testing")):
-        shutil.copytree(os.path.join(KINS, "images"), manual / kitti / "image_2")
-        shutil.copy(os.path.join(KINS, "update_train_2020.json"),
-                    manual / f"update_{split}_2020.json")
+    manual = _manual_kins(tmp_path)
     builder, download_config = _builder("kins_amodal", tmp_path, str(manual))
     builder.download_and_prepare(download_config=download_config)
     out = str(tmp_path / "records")
@@ -201,3 +197,32 @@ def test_pipeline_tfds_source_checks_the_config(synthetic):
         _batches(_pipeline_config(synthetic, "tfds", num_layers=4), "val", False)
     with pytest.raises(ValueError, match="use 'records' or 'tfds'"):
         _batches(_pipeline_config(synthetic, "parquet"), "val", False)
+
+
+def _manual_kins(root):
+    manual = root / "manual"
+    for split, kitti in (("train", "training"), ("test", "testing")):
+        shutil.copytree(os.path.join(KINS, "images"), manual / kitti / "image_2")
+        shutil.copy(os.path.join(KINS, "update_train_2020.json"),
+                    manual / f"update_{split}_2020.json")
+    return manual
+
+
+def test_cli_builds_and_names_bad_input_in_one_line(tmp_path, capsys):
+    from data_prep.tfds_builders import __main__ as cli
+
+    manual = _manual_kins(tmp_path)
+    data_dir = str(tmp_path / "tfds")
+    args = ["--dataset", "kins_amodal", "--config", "k4_p32", "--data_dir", data_dir,
+            "--manual_dir", str(manual)]
+    assert cli.main(args) == 0
+    assert "kins_amodal/k4_p32 1.0.0: train 3, test 3" in capsys.readouterr().out
+    shutil.rmtree(data_dir)
+    image = manual / "testing" / "image_2" / "000002.png"
+    image.write_bytes(image.read_bytes()[:100])
+    assert cli.main(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: {image} (image 2): unreadable or truncated image")
+    assert leftovers(data_dir, "kins_amodal") == []
