@@ -107,14 +107,19 @@ class D2saAmodal(_ManualBuilder):
     SPLITS = {
         "train": ("D2S_amodal_training_rot0.json", "images"),
         "val": ("D2S_amodal_validation.json", "images"),
+        "train_augmented": ("D2S_amodal_augmented.json", "images"),
     }
+    OPTIONAL_SPLITS = ("train_augmented",)
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Put into the manual directory (`--manual_dir`, default `<data_dir>/downloads/manual`):
       D2S_amodal_training_rot0.json   D2SA train annotations
       D2S_amodal_validation.json      D2SA validation annotations
-      images/                         the D2S images (d2s_images_v1.tar.xz)
-    Both come from https://www.mvtec.com/company/research/datasets/mvtec-d2s
-    (d2s_amodal_annotations_v1.tar.xz and d2s_images_v1.tar.xz, after registration).
+      D2S_amodal_augmented.json       D2SA augmented train annotations (optional: split
+                                      `train_augmented`)
+      images/                         the D2SA images (every split's)
+    From https://www.mvtec.com/company/research/datasets/mvtec-d2s (after registration):
+    d2s_amodal_annotations_v1.tar.xz holds the JSON files, d2s_amodal_images_v1.tar.xz the
+    images/ directory.
     """
 
 
