@@ -63,6 +63,11 @@ def test_synthetic_holds_the_records_examples(synthetic):
     assert assert_same_as_records(builder, "train", records_dir) == 8
     assert assert_same_as_records(builder, "val", records_dir) == 4
     assert builder.info.metadata["warnings"] == {"train": {}, "val": {}}
+    # What training and inference read from a data directory's metadata.json.
+    metadata = input_pipeline.read_metadata(os.fspath(builder.data_dir))
+    assert metadata["classes"]["1"] == "ellipse"
+    assert metadata["splits"]["val"]["annotations"].endswith(os.path.join("annotations",
+                                                                          "val.json"))
     # Found again by name from the data directory.
     again = tfds.builder(f"sln_synthetic/{builder.builder_config.name}",
                          data_dir=builder.data_dir_root)

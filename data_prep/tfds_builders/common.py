@@ -23,7 +23,9 @@ and ``build_targets``):
 | ``global_layers``         | Image uint8 [H, W, 1]   | global layering map 0..K-1 (PNG)        |
 
 K (``num_layers``) and P (``mask_target_size``) are the builder config's; they, the class
-names and the dataset's category ids are in ``info.metadata``. Examples are stored in the
+names, the dataset's category ids, each split's annotation file and the repair counts are in
+``info.metadata`` (the version directory's ``metadata.json``, with the fields of the
+records' ``metadata.json`` that training and inference read). Examples are stored in the
 annotation file's order (``disable_shuffling``), so the TFDS dataset and the converted
 records list the same images in the same order.
 
@@ -202,7 +204,7 @@ class AmodalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return super()._generate_splits(dl_manager, download_config)
 
     def _split_generators(self, dl_manager):
-        splits = {}
+        splits, sources = {}, {}
         common = None
         for split, (annotations, images) in self._annotation_sets(dl_manager).items():
             annotation_set = convert.READERS[self.DATASET](annotations, images)
@@ -211,8 +213,12 @@ class AmodalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise DataError(f"{annotations}: its classes differ from the other splits'")
             common = info
             self._warnings[split] = collections.Counter(annotation_set.warnings)
+            sources[split] = {"dataset": self.DATASET,
+                              "annotations": os.path.abspath(annotations)}
             splits[split] = self._generate_examples(annotation_set, split)
         self.info.metadata.update(common or {})
+        # As in the records' metadata.json (what training reads for the val annotations).
+        self.info.metadata["splits"] = sources
         self.info.metadata["warnings"] = {}
         return splits
 
