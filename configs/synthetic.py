@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic.workers = 2
 
     config.data = ml_collections.ConfigDict()
+    config.data.source = "records"  # or "tfds": dir is a data_prep.tfds_builders version dir
     config.data.dir = "data/synthetic/records"
     config.data.image_size = 128
     config.data.max_instances = 8

@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.multihost = False
 
     config.data = ml_collections.ConfigDict()
+    config.data.source = "records"  # or "tfds": dir is a data_prep.tfds_builders version dir
     config.data.dir = "data/tiny/records"
     config.data.image_size = 64
     config.data.max_instances = 4

@@ -36,12 +36,12 @@ import cv2
 import numpy as np
 
 from data_prep import cocoa, d2sa, kins, tfrecord
-from data_prep.images import read_image
+from data_prep.images import EncodedImage, read_image
 from data_prep.records import SCHEMA_VERSION, serialize
-from data_prep.scene import AnnotationSet, DataError, SceneSource, load_scene
-from data_prep.targets import build_targets
+from data_prep.scene import AnnotationSet, DataError, Scene, SceneSource, load_scene
+from data_prep.targets import Targets, build_targets
 
-__all__ = ["READERS", "ConversionSettings", "shard_name", "convert", "main"]
+__all__ = ["READERS", "ConversionSettings", "shard_name", "load_example", "convert", "main"]
 
 READERS: dict[str, Callable[[str, str], AnnotationSet]] = {
     "synthetic": d2sa.read,
@@ -88,6 +88,21 @@ def _image_digest(sources: list[SceneSource]) -> str:
     return hashlib.sha1(ids.encode()).hexdigest()
 
 
+def load_example(source: SceneSource, num_classes: int, num_layers: int,
+                 mask_target_size: int, warnings: collections.Counter
+                 ) -> tuple[Scene, EncodedImage, Targets]:
+    """One image's scene, image bytes and layering targets: what a record holds.
+
+    The one path from an annotation to an example, shared by the shards written here and
+    the TFDS builders (``data_prep.tfds_builders``). Raises DataError on bad input.
+    """
+    scene = load_scene(source, num_classes, warnings)
+    image = read_image(source.image_path, source.image_id, source.height, source.width)
+    if image.converted_from is not None:
+        warnings["image_converted"] += 1
+    return scene, image, build_targets(scene, num_layers, mask_target_size, warnings)
+
+
 _progress_queue = None
 
 
@@ -118,12 +133,7 @@ def _convert_shard(job: tuple) -> dict:
     try:
         with tfrecord.TFRecordWriter(tmp) as writer:
             for source in sources:
-                scene = load_scene(source, num_classes, warnings)
-                image = read_image(source.image_path, source.image_id, source.height,
-                                   source.width)
-                if image.converted_from is not None:
-                    warnings["image_converted"] += 1
-                targets = build_targets(scene, k, p, warnings)
+                scene, image, targets = load_example(source, num_classes, k, p, warnings)
                 writer.write(serialize(scene, image, targets))
                 stats["num_examples"] += 1
                 stats["instances"] += scene.num_instances

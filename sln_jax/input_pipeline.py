@@ -1,5 +1,10 @@
 """tf.data input pipeline: TFRecords from ``data_prep.convert`` -> fixed-shape NumPy batches.
 
+``config.data.source`` chooses the data: 'records' (default) reads ``data_prep.convert``'s
+output in ``config.data.dir``; 'tfds' reads a dataset of ``data_prep.tfds_builders``
+prepared in the version directory ``config.data.dir`` (``_tfds_source``), the same batches
+for the same examples.
+
 Per image: decode, resize keeping the aspect ratio to max side S, optional random
 horizontal flip (image, global layering map, boxes and the box-relative layer / sem-dist
 crops together), ImageNet normalization, zero padding to S x S, instances padded to M with
@@ -225,6 +230,62 @@ def _check_version(features: dict) -> dict:
     return features
 
 
+def _tfds_source(data_config: Any, split: str):
+    """``config.data.source = 'tfds'``: a dataset prepared by ``data_prep.tfds_builders``.
+
+    ``data_config.dir`` is its version directory (``DATA_DIR/NAME/CONFIG/VERSION``), read
+    with ``tfds.builder_from_directory`` (no builder code needed). Its shard files are read
+    as the records' are (same host sharding, shuffling and flips), and each example is
+    turned into what ``parse_tf`` returns, so the same examples give the same batches.
+
+    Returns:
+      (this host's files, their example counts, every host's counts, K, P, parse).
+    """
+    import jax
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    directory = data_config.dir
+    info = tfds.builder_from_directory(directory).info
+    metadata = dict(info.metadata or {})
+    for field in ("num_layers", "mask_target_size", "num_classes"):
+        want, have = int(getattr(data_config, field)), metadata.get(field)
+        if have is None or want != int(have):
+            raise ValueError(f"{directory}: the TFDS dataset has {field} = {have} but the "
+                             f"config says {want}; build another config or fix "
+                             f"config.data.{field}")
+    if split not in info.splits:
+        raise ValueError(f"{directory}: no split {split!r} (have {sorted(info.splits)})")
+    all_files = [os.fspath(path) for path in info.splits[split].filepaths]
+    all_counts = [int(n) for n in info.splits[split].shard_lengths]
+    host, hosts = jax.process_index(), jax.process_count()
+    if len(all_files) < hosts:
+        raise ValueError(f"{directory}: split {split!r} has {len(all_files)} shard files "
+                         f"for {hosts} hosts")
+    features = info.features
+
+    def parse(serialized):
+        example = features.deserialize_example(serialized)
+        instances, image = example["instances"], example["image"]
+        return {
+            "schema_version": tf.constant(SCHEMA_VERSION, tf.int64),
+            "image": image,
+            "image_id": example["image_id"],
+            "orig_size": tf.shape(image)[:2],
+            "boxes": instances["box"],
+            "classes": tf.cast(instances["label"], tf.int32),
+            "order": tf.cast(instances["order"], tf.int32),
+            "occlusion": instances["occlusion"],
+            "area": tf.cast(instances["area"], tf.float32),
+            "global_layers": example["global_layers"][:, :, 0],
+            "layer_crops": instances["layers"],
+            "semdist_crops": instances["semdist"],
+        }
+
+    return (all_files[host::hosts], all_counts[host::hosts], all_counts,
+            int(metadata["num_layers"]), int(metadata["mask_target_size"]), parse)
+
+
 def _padding_example(image_size: int, max_instances: int, p: int) -> dict[str, np.ndarray]:
     """An all-invalid image (used to complete the last evaluation batch)."""
     s, m = image_size, max_instances
@@ -251,8 +312,9 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
     """Batches of preprocessed images for this host.
 
     Args:
-      data_config: ``config.data`` (dir, image_size S, max_instances M, mask_target_size P,
-        num_layers K, num_classes, shuffle_buffer, flip, box_jitter (optional, default 0)).
+      data_config: ``config.data`` (source: 'records' (default) or 'tfds', dir,
+        image_size S, max_instances M, mask_target_size P, num_layers K, num_classes,
+        shuffle_buffer, flip, box_jitter (optional, default 0)).
       split: split name in the dataset's metadata (e.g. ``config.data.train_split``).
       batch_dims: (local devices D, per-device batch B).
       train: endless shuffled and flipped stream (``data_config.flip``) if True, else one
@@ -275,17 +337,24 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
     except RuntimeError:  # TF already initialized its devices; nothing left to change
         pass
     directory = data_config.dir
-    metadata = read_metadata(directory, data_config)
-    files, counts = _host_files(metadata, directory, split)
+    source = getattr(data_config, "source", "records")
+    if source == "records":
+        metadata = read_metadata(directory, data_config)
+        files, counts = _host_files(metadata, directory, split)
+        all_counts = metadata["splits"][split]["examples_per_file"]
+        k, p = int(metadata["num_layers"]), int(metadata["mask_target_size"])
+
+        def parse(serialized):
+            return _check_version(parse_tf(serialized, p))
+    elif source == "tfds":
+        files, counts, all_counts, k, p, parse = _tfds_source(data_config, split)
+    else:
+        raise ValueError(f"config.data.source is {source!r}; use 'records' or 'tfds'")
     devices, per_device = batch_dims
     batch = devices * per_device
     host_examples = int(sum(counts))
-    k, p = int(metadata["num_layers"]), int(metadata["mask_target_size"])
     preprocess_args = dict(image_size=int(data_config.image_size),
                            max_instances=int(data_config.max_instances), num_layers=k)
-
-    def parse(serialized):
-        return _check_version(parse_tf(serialized, p))
 
     options = tf.data.Options()
     options.deterministic = True
@@ -339,7 +408,7 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
 
     if train:
         return map(reshape, ds.as_numpy_iterator())
-    return _eval_batches(ds, metadata["splits"][split]["examples_per_file"], batch,
+    return _eval_batches(ds, all_counts, batch,
                          _padding_example(int(data_config.image_size),
                                           int(data_config.max_instances), p), reshape)
 
