@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from sln_jax import layering, semdist
+from sln_jax import canvas, depth_order, layering, semdist
+from sln_jax.detections import Detections
 
-__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs", "encode_rle"]
+__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs"]
 
 
 def layer_probs(layer_logits: np.ndarray) -> np.ndarray:
@@ -57,33 +57,6 @@ def decode_layer_probs(probs: np.ndarray) -> dict[str, np.ndarray]:
     return {"amodal": amodal, "layers": layers, "visible": layers == 0}
 
 
-def _canvas_to_original(boxes: np.ndarray, image_size, orig_size) -> np.ndarray:
-    """float64 [D, 4] boxes in original pixels, clipped to the original image."""
-    (h, w), (oh, ow) = image_size, orig_size
-    factor = np.array([oh / h, ow / w, oh / h, ow / w], np.float64)
-    boxes = np.asarray(boxes, np.float64) * factor
-    return np.clip(boxes, 0.0, np.array([oh, ow, oh, ow], np.float64))
-
-
-def _pair_orders(layers: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-    """int8 [N, N] depth order, computed on the window of each pair of overlapping boxes."""
-    n = len(layers)
-    order = np.zeros((n, n), np.int8)
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom <= top or right <= left:
-                continue
-            window = np.stack([layers[i][top:bottom, left:right],
-                               layers[j][top:bottom, left:right]])
-            pair = semdist.depth_order(window)
-            order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
-    return order
-
-
 def to_instances(outputs: dict, image_size, orig_size,
                  config: ml_collections.ConfigDict) -> list[dict]:
     """Decoded instances of one image.
@@ -115,7 +88,7 @@ def to_instances(outputs: dict, image_size, orig_size,
         raise ValueError(f"to_instances: unknown head {config.head!r}")
     keep = np.flatnonzero(valid)
     oh, ow = int(orig_size[0]), int(orig_size[1])
-    boxes = _canvas_to_original(np.asarray(outputs["boxes"])[keep], image_size, (oh, ow))
+    boxes = canvas.boxes_to_original(np.asarray(outputs["boxes"])[keep], image_size, (oh, ow))
     scores = np.asarray(outputs["scores"], np.float32)[keep]
     classes = np.asarray(outputs["classes"], np.int64)[keep]
     instances, all_layers = [], []
@@ -147,21 +120,17 @@ def to_instances(outputs: dict, image_size, orig_size,
             "occlude_rate": float(occlude_rate),
         })
         all_layers.append(layers)
-    order = _pair_orders(all_layers, boxes)
-    for i, instance in enumerate(instances):
-        instance["depth_order"] = {int(j): int(order[i, j]) for j in np.flatnonzero(order[i])}
+    relations = depth_order.to_relations(depth_order.from_layer_windows(all_layers, boxes))
+    for instance, relation in zip(instances, relations):
+        instance["depth_order"] = relation
     return instances
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool [H, W] mask, with ``counts`` as a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def to_coco_results(instances: list[dict], image_id: int) -> list[dict]:
     """COCO results entries (one per instance) of ARCHITECTURE.md's "Results JSON".
+
+    The one encoder is ``sln_jax.detections.Detections.to_results``; this is it for
+    ``to_instances`` output.
 
     Args:
       instances: ``to_instances`` output of one image.
@@ -172,13 +141,7 @@ def to_coco_results(instances: list[dict], image_id: int) -> list[dict]:
       ``segmentation`` (amodal, RLE), ``visible_mask`` (RLE), ``occlude_rate`` and
       ``depth_order`` {detection index in the image: +1 / -1}.
     """
-    return [{
-        "image_id": int(image_id),
-        "category_id": int(inst["category_id"]),
-        "score": float(inst["score"]),
-        "bbox": [float(v) for v in inst["box"]],
-        "segmentation": encode_rle(inst["amodal"]),
-        "visible_mask": encode_rle(inst["visible"]),
-        "occlude_rate": float(inst["occlude_rate"]),
-        "depth_order": {int(j): int(v) for j, v in inst["depth_order"].items()},
-    } for inst in instances]
+    if not instances:
+        return []
+    height, width = np.asarray(instances[0]["amodal"]).shape
+    return Detections.from_instances(instances, height, width).to_results(image_id)
