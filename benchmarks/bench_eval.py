@@ -114,7 +114,7 @@ def main() -> None:
     reference, wall_ref, cpu_ref = timed(lambda: run_pycocotools(*next(copies)))
     metrics, wall_ours, cpu_ours = timed(
         lambda: evaluation.evaluate(gt, results, iou_types=("amodal",)))
-    ours = np.array([metrics[f"amodal/{name}"] for name, *_ in evaluation._COCO_STATS])
+    ours = np.array([metrics[f"amodal/{name}"] for name, *_ in evaluation.metrics._COCO_STATS])
 
     print(f"pycocotools COCOeval (segm, load + evaluate + accumulate): "
           f"wall {wall_ref:6.2f} s  cpu {cpu_ref:6.2f} s")

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep import synthetic  # noqa: E402
-from sln_jax import infer  # noqa: E402
+from sln_jax import infer, visualize  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,12 +105,12 @@ def measure(predictor: infer.Predictor, images: list[np.ndarray], label: str) ->
           f"{len(images) / sum(total_times):6.2f} images/s")
 
     instances = predictor.predict(images[0])
-    infer.draw_picture(images[0], instances)  # imports matplotlib, warms its caches
+    visualize.draw_picture(images[0], instances)  # imports matplotlib, warms its caches
     pictures = []
     for image in images[:4]:
         instances = predictor.predict(image)
         with Clock() as picture:
-            infer.draw_picture(image, instances)
+            visualize.draw_picture(image, instances)
         pictures.append(picture.wall)
     print(f"  one picture (draw_picture):        {percentiles(pictures)}")
 
@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--side", type=int, default=512, help="input image side")
     args = parser.parse_args()
+    from sln_jax import train_state
+    train_state.use_classic_prng()  # as the entry points do
 
     import jax
     config = load_config(args.config)

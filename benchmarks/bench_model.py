@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--backbone", default="resnet50")
     args = parser.parse_args()
+    from sln_jax import train_state
+    train_state.use_classic_prng()  # as the entry points do
     cfg = paper_model_config(args.backbone)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
           f"{args.backbone}-FPN, batch {args.batch}, {args.iters} timed steps")

@@ -54,6 +54,8 @@ def main():
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    from sln_jax import train_state
+    train_state.use_classic_prng()  # as the entry points do
     rng = np.random.default_rng(0)
     size, n, c = args.size, args.boxes, args.channels
     features = [jnp.asarray(rng.normal(size=(size // s, size // s, c)), jnp.float32)

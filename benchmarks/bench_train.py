@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--pipeline_batches", type=int, default=50, help="timed batches")
     parser.add_argument("--step_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from sln_jax import train_state
+    train_state.use_classic_prng()  # as the entry points do
     config = load_config(args.config)
 
     if args.step_only:  # child process: one device count, JSON on the last line

@@ -193,8 +193,7 @@ class JaxSide:
         import jax
         import jax.numpy as jnp
 
-        from sln_jax import losses, train
-        from sln_jax.models import postprocess
+        from sln_jax import losses, postprocess, train, train_state
         from sln_jax.models.sln import SLN
 
         self.jax, self.jnp = jax, jnp
@@ -202,11 +201,11 @@ class JaxSide:
         self.config = config
         self.batch_np = random_batch(batch, size, instances, config.data.mask_target_size)
         self.batch_size = batch
-        mesh = train.create_mesh(jax.devices()[:1])
+        mesh = train_state.create_mesh(jax.devices()[:1])
         model = SLN(config.model)
-        tx, _ = train.create_optimizer(config.optim, 1000)
+        tx, _ = train_state.create_optimizer(config.optim, 1000)
         start = time.perf_counter()
-        self.state = train.create_train_state(model, tx, 0, (batch, size, size, 3), mesh)
+        self.state = train_state.create_train_state(model, tx, 0, (batch, size, size, 3), mesh)
         jax.block_until_ready(self.state)
         self.init_s = time.perf_counter() - start
         self.batch = train.shard_batch({k: v[None] for k, v in self.batch_np.items()}, mesh)

@@ -32,7 +32,7 @@ The layering head is run on given boxes by applying the model's own submodules (
 FPN, GLM, box head, layering head) to the checkpoint's variables, exactly as ``SLN`` wires
 them; on the detector's boxes this reproduces the model's layer outputs (checked, printed).
 Metrics and matching reuse ``sln_jax.evaluation``; masks, layers and the current depth
-order come from ``sln_jax.models.postprocess``.
+order come from ``sln_jax.postprocess``.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sln_jax import evaluation, layering, semdist  # noqa: E402
-from sln_jax.models import postprocess  # noqa: E402
+from sln_jax import layering, postprocess, semdist  # noqa: E402
+from sln_jax.evaluation import ground_truth  # noqa: E402
+from sln_jax.evaluation import metrics as evaluation  # noqa: E402
+from sln_jax.evaluation import results as eval_results  # noqa: E402
 
 LAYER_CLASSES = ("visible", "hidden 1", "hidden 2+", "backgr.")
 BACKGROUND = len(LAYER_CLASSES) - 1
@@ -438,8 +440,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
                                           "order/accuracy", "order/accuracy_decided",
                                           "order/recall"))
         + f", order/pairs {int(metrics['order/pairs'])}")
-    images, category_ids = evaluation._load_coco_gt(gt_data, "val")
-    dets = evaluation._load_results(source.results, images, "results")
+    images, category_ids = ground_truth.load_coco_gt(gt_data, "val")
+    dets = eval_results.load_results(source.results, images, "results")
     per_class = evaluation._evaluate_variant(images, dets, category_ids, "amodal", "coco")
     agnostic = evaluation._evaluate_variant(images, dets, [0], "amodal", "cocoa")
     agnostic_metrics = evaluation._variant_metrics(agnostic, "amodal", "cocoa")
@@ -462,7 +464,7 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
         nms_results.extend(source.results[start + k] for k in np.flatnonzero(keep))
         start += len(det.scores)
     nms_metrics = evaluation.evaluate(gt_data, nms_results, iou_types=("amodal",))
-    nms_dets = evaluation._load_results(nms_results, images, "nms")
+    nms_dets = eval_results.load_results(nms_results, images, "nms")
     nms_ca = evaluation._variant_metrics(
         evaluation._evaluate_variant(images, nms_dets, [0], "amodal", "cocoa"), "amodal",
         "cocoa")
@@ -643,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = train.load_checkpoint(args.workdir)
     variables = {"params": checkpoint["params"], "batch_stats": checkpoint["batch_stats"]}
     gt_json = train._eval_gt_json(config)
-    gt_data = evaluation.load_json(gt_json)
+    gt_data = ground_truth.load_json(gt_json)
     categories = {c["id"]: c.get("name", str(c["id"])) for c in gt_data["categories"]}
     print(f"workdir {args.workdir}: step {checkpoint['step']}, head {config.model.head}, "
           f"K = {config.model.num_layers}, val {gt_json}")

@@ -4,7 +4,7 @@
         --annotations FILE --images DIR --output DIR [--num_shards N] [--workers W] \\
         [--num_layers K] [--split NAME] [--mask_target_size P] [--overwrite]
 
-Writes ``OUTPUT/{split}.tfrecord-{i:05d}-of-{N:05d}`` (schema: ``data_prep.records``) and
+Writes ``OUTPUT/{split}.tfrecord-{i:05d}-of-{N:05d}`` (schema: ``sln_jax.records``) and
 merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, shard files
 and example counts, statistics and every warning counter). Each shard is written by one
 worker process under ``<shard>.incomplete`` and renamed when complete, after its statistics
@@ -18,7 +18,6 @@ Images are split into shards contiguously in the annotation file's order.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import fcntl
@@ -34,12 +33,15 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from absl import flags
 
-from data_prep import cocoa, d2sa, kins, tfrecord
+from data_prep import cocoa, d2sa, kins
 from data_prep.images import EncodedImage, read_image
-from data_prep.records import SCHEMA_VERSION, serialize
+from data_prep.records import serialize
 from data_prep.scene import AnnotationSet, DataError, Scene, SceneSource, load_scene
 from data_prep.targets import Targets, build_targets
+from sln_jax import atomic, cli, records, tfrecord
+from sln_jax.records import SCHEMA_VERSION
 
 __all__ = ["READERS", "ConversionSettings", "shard_name", "load_example", "convert", "main"]
 
@@ -54,7 +56,7 @@ READERS: dict[str, Callable[[str, str], AnnotationSet]] = {
 DEFAULT_NUM_SHARDS = 8
 INCOMPLETE_SUFFIX = ".incomplete"
 STATS_DIR = "shard_stats"
-METADATA = "metadata.json"
+METADATA = records.METADATA
 PROGRESS_INTERVAL = 0.25  # seconds between a worker's progress reports
 
 
@@ -74,13 +76,6 @@ class ConversionSettings:
 def shard_name(split: str, index: int, num_shards: int) -> str:
     """``train.tfrecord-00003-of-00008``."""
     return f"{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + INCOMPLETE_SUFFIX
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _image_digest(sources: list[SceneSource]) -> str:
@@ -161,7 +156,7 @@ def _convert_shard(job: tuple) -> dict:
     stats["warnings"] = dict(warnings)
     stats["seconds"] = time.perf_counter() - start
     stats["cpu_seconds"] = time.process_time() - start_cpu
-    _write_atomic(os.path.join(output, STATS_DIR, name + ".json"),
+    atomic.write_bytes(os.path.join(output, STATS_DIR, name + ".json"),
                   json.dumps(stats).encode())
     os.replace(tmp, path)
     return stats
@@ -266,7 +261,7 @@ def _merge_metadata(path: str, metadata: dict, settings: ConversionSettings,
         "examples_per_file": counts,
         "statistics": statistics,
     }
-    _write_atomic(path, json.dumps(metadata, indent=1).encode())
+    atomic.write_bytes(path, json.dumps(metadata, indent=1).encode())
     return metadata
 
 
@@ -394,27 +389,31 @@ def _default_split(annotations: str) -> str:
     raise DataError(f"{annotations}: cannot tell the split from the file name; pass --split")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.convert",
-        description="Convert amodal annotations to sharded TFRecords with layering targets.")
-    parser.add_argument("--dataset", required=True, choices=sorted(READERS))
-    parser.add_argument("--annotations", required=True, help="annotation JSON file")
-    parser.add_argument("--images", required=True, help="image directory")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--num_shards", type=int, default=None,
-                        help=f"shards (default: min({DEFAULT_NUM_SHARDS}, images))")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="worker processes")
-    parser.add_argument("--num_layers", type=int, default=4, help="K, layer classes")
-    parser.add_argument("--split", default=None,
-                        help="split name (default: train/val/test from the file name)")
-    parser.add_argument("--mask_target_size", type=int, default=32,
-                        help="P, side of the per-instance target crops")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="redo this split instead of resuming")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+    def define(kind, name, default, help_):
+        kind(name, default, help_, flag_values=values)
+
+    flags.DEFINE_enum("dataset", None, sorted(READERS), "annotation format", flag_values=values)
+    define(flags.DEFINE_string, "annotations", None, "annotation JSON file")
+    define(flags.DEFINE_string, "images", None, "image directory")
+    define(flags.DEFINE_string, "output", None, "output directory")
+    define(flags.DEFINE_integer, "num_shards", None,
+           f"shards (default: min({DEFAULT_NUM_SHARDS}, images))")
+    define(flags.DEFINE_integer, "workers", min(2, os.cpu_count() or 1), "worker processes")
+    define(flags.DEFINE_integer, "num_layers", 4, "K, layer classes")
+    define(flags.DEFINE_string, "split", None,
+           "split name (default: train/val/test from the file name)")
+    define(flags.DEFINE_integer, "mask_target_size", 32,
+           "P, side of the per-instance target crops")
+    define(flags.DEFINE_bool, "overwrite", False, "redo this split instead of resuming")
+    define(flags.DEFINE_bool, "no_progress", False, "no progress bar")
+    flags.mark_flags_as_required(["dataset", "annotations", "images", "output"],
+                                 flag_values=values)
+
+
+def _parse_args(argv: list[str] | None) -> flags.FlagValues:
+    """The command line (``sln_jax.cli``: absl flags, parsed per call)."""
+    return cli.parse(_define_flags, argv, "python -m data_prep.convert")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 An 8-bit RGB JPEG or PNG is stored as its original bytes. Anything else the pipeline's
 ``decode_image(channels=3)`` would read differently or not at all (grayscale, gray+alpha,
 RGBA, palette, 1-bit, 16-bit, CMYK, or another container such as BMP / TIFF / WebP) is
-converted to 8-bit RGB and stored as PNG: alpha is dropped (objects are annotated on the
-colour channels), 16-bit samples are scaled by 255 / 65535.
+converted to 8-bit RGB by ``sln_jax.images.to_rgb`` (the one policy for alpha, 16-bit and
+EXIF, shared with inference) and stored as PNG.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import dataclasses
 import io
 
 import cv2
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data_prep.scene import DataError
+from sln_jax import images
 
 __all__ = ["EncodedImage", "read_image"]
 
@@ -38,19 +38,6 @@ class EncodedImage:
     height: int
     width: int
     converted_from: str | None
-
-
-def _to_rgb8(image: Image.Image) -> np.ndarray:
-    """uint8 [H, W, 3] RGB from any PIL mode (16-bit and 32-bit integer modes rescaled)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        gray = np.asarray(image, np.float64)
-        # PIL reads 16-bit PNGs as mode "I"; their range is 0..65535.
-        gray = np.clip(np.round(gray * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode == "F":
-        gray = np.clip(np.round(np.asarray(image, np.float64)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def _check_complete(image: Image.Image) -> None:
@@ -103,21 +90,15 @@ def read_image(path: str, image_id: int, height: int, width: int) -> EncodedImag
     if size != (width, height):
         raise DataError(f"{where}: image is {size[1]}x{size[0]} but the "
                         f"annotations say {height}x{width}")
-    # PNG IHDR byte 24 is the bit depth; PIL may report a 16-bit RGB PNG as plain "RGB".
-    sixteen_bit_png = file_format == "PNG" and len(data) > 24 and data[24] == 16
-    if file_format in ("JPEG", "PNG") and mode == "RGB" and not sixteen_bit_png:
+    if images.is_plain_rgb(file_format, mode, data):
         return EncodedImage(data, file_format.lower(), height, width, None)
-    if sixteen_bit_png and mode == "RGB":
-        bgr16 = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        rgb = cv2.cvtColor(np.round(bgr16[:, :, :3] / 257.0).astype(np.uint8),
-                           cv2.COLOR_BGR2RGB)
-    else:
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{where}: unreadable or truncated image ({err})") from None
-        rgb = _to_rgb8(image)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        rgb = images.to_rgb(image, data)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: unreadable or truncated image ({err})") from None
+    sixteen_bit_png = images.is_sixteen_bit_png(data)
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:

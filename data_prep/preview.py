@@ -8,15 +8,13 @@ recomputation: the image with the stored amodal and visible masks (visible parts
 occluded parts hatched, amodal outlines), the stored global layering map, the depth-order
 graph of the stored order, and each instance's stored P x P layer and sem-dist crops. It is
 the quickest check that a real dataset (COCOA's quirks, D2SA's large images) converted as
-intended. Records are read without TensorFlow (``data_prep.tfrecord``), checking their CRCs;
+intended. Records are read without TensorFlow (``sln_jax.tfrecord``), checking their CRCs;
 each picture is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import os
 import sys
@@ -24,35 +22,15 @@ from typing import Iterator, Mapping
 
 import cv2
 import numpy as np
+from absl import flags
 
-from data_prep import records, tfrecord
-from data_prep.convert import METADATA
 from data_prep.scene import DataError
 from data_prep.targets import dequantize_semdist
+from sln_jax import atomic, cli, depth_order, records, tfrecord
 
-__all__ = ["order_graph", "read_split", "render", "preview", "main"]
+__all__ = ["read_split", "render", "preview", "main"]
 
 PER_ROW = 4  # instances per row of crop panels (each instance: layer and sem-dist crop)
-
-
-def order_graph(amodal: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Pairwise depth order of overlapping instances from a strict depth rank.
-
-    Args:
-      amodal: bool [N, H, W] amodal masks.
-      order: int [N] depth rank, smaller = nearer.
-
-    Returns:
-      int8 [N, N]: +1 where i is in front of j and their amodal masks overlap, -1 for the
-      reverse, 0 otherwise (``visualize.depth_order_graph``'s input).
-    """
-    n = amodal.shape[0]
-    flat = amodal.reshape(n, amodal[0].size if n else 0).astype(np.float32)
-    overlap = (flat @ flat.T) > 0
-    order = np.asarray(order)
-    graph = np.sign(order[None, :] - order[:, None]) * overlap
-    np.fill_diagonal(graph, 0)
-    return graph.astype(np.int8)
 
 
 def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, dict]]]:
@@ -68,15 +46,14 @@ def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, 
     Raises:
       DataError: without metadata, for an unknown split or a missing shard.
     """
-    path = os.path.join(records_dir, METADATA)
+    path = os.path.join(records_dir, records.METADATA)
     try:
-        with open(path) as f:
-            metadata = json.load(f)
+        metadata = records.read_metadata(records_dir)
     except FileNotFoundError:
         raise DataError(f"{path}: not found; is {records_dir} a data_prep.convert output?") \
             from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON ({err})") from None
+    except ValueError as err:
+        raise DataError(str(err)) from None
     splits = metadata.get("splits", {})
     if split not in splits:
         raise DataError(f"{path}: no split {split!r}; converted splits: {sorted(splits)}")
@@ -135,7 +112,7 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
     axes[0].set_yticks([])
     visualize.show_global_layers(top, axes[1], record["global_layers"], k,
                                  f"stored global layers (objects per pixel, K = {k})")
-    visualize.depth_order_graph(axes[2], order_graph(amodal, record["order"]), names)
+    visualize.depth_order_graph(axes[2], depth_order.from_rank(amodal, record["order"]), names)
     axes[2].set_title("stored depth order (arrow: in front of)", fontsize=10)
 
     if n:
@@ -166,13 +143,7 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
             bar = bottom.colorbar(shown, ax=grid, shrink=0.8, ticks=ticks, pad=0.01)
             bar.set_label(label, fontsize=8)
             bar.ax.tick_params(labelsize=8)
-    tmp = path + ".tmp"
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def preview(records_dir: str, split: str = "train", num: int = 8, output: str | None = None,
@@ -200,15 +171,19 @@ def preview(records_dir: str, split: str = "train", num: int = 8, output: str | 
     return paths
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.preview",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--records", required=True, help="data_prep.convert output directory")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num", type=int, default=8, help="records to draw, from the start")
-    parser.add_argument("--output", default=None, help="default: RECORDS/previews")
-    parser.add_argument("--no_progress", action="store_true")
-    return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("records", None, "data_prep.convert output directory",
+                        flag_values=values)
+    flags.DEFINE_string("split", "train", "split to draw", flag_values=values)
+    flags.DEFINE_integer("num", 8, "records to draw, from the start", flag_values=values)
+    flags.DEFINE_string("output", None, "default: RECORDS/previews", flag_values=values)
+    flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)
+    flags.mark_flag_as_required("records", flag_values=values)
+
+
+def _parse_args(argv: list[str] | None) -> flags.FlagValues:
+    """The command line (``sln_jax.cli``: absl flags, parsed per call)."""
+    return cli.parse(_define_flags, argv, "python -m data_prep.preview")
 
 
 def main(argv: list[str] | None = None) -> int:

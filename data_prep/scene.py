@@ -27,8 +27,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from data_prep import rle
-from sln_jax import layering
+from sln_jax import layering, rle
 
 __all__ = [
     "DataError",

@@ -39,7 +39,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import dataclasses
 import functools
@@ -47,12 +46,14 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from typing import Iterator
 
 import cv2
 import numpy as np
+from absl import flags
 from pycocotools import mask as mask_utils
+
+from sln_jax import atomic, cli, rle
 
 __all__ = [
     "CATEGORIES",
@@ -420,12 +421,6 @@ def make_scene(seed: int, split: str, index: int, config: SceneConfig) -> Scene:
     return generate_scene(_scene_rng(seed, split, index), config)
 
 
-def _rle(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool [H, W] mask with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     """D2SA-style COCO annotations of a scene, one per instance.
 
@@ -441,7 +436,7 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     """
     annotations = []
     for i in range(scene.amodal.shape[0]):
-        amodal = _rle(scene.amodal[i])
+        amodal = rle.encode_json(scene.amodal[i])
         area = int(np.count_nonzero(scene.amodal[i]))
         hidden = int(np.count_nonzero(scene.amodal[i] & ~scene.visible[i]))
         annotations.append({
@@ -449,8 +444,8 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
             "image_id": image_id,
             "category_id": int(scene.classes[i]),
             "segmentation": amodal,
-            "visible_mask": _rle(scene.visible[i]),
-            "invisible_mask": _rle(scene.amodal[i] & ~scene.visible[i]),
+            "visible_mask": rle.encode_json(scene.visible[i]),
+            "invisible_mask": rle.encode_json(scene.amodal[i] & ~scene.visible[i]),
             "occlude_rate": hidden / area,
             "order": int(scene.order[i]),
             "bbox": [float(v) for v in mask_utils.toBbox(
@@ -488,20 +483,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (no half files)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _render(job: tuple[int, str, int, SceneConfig, str]) -> tuple[dict, list[dict], dict]:
     """Worker: draw scene ``index``, write its PNG, return (image record, annotations
     without ids, occlusion stats)."""
@@ -509,7 +490,7 @@ def _render(job: tuple[int, str, int, SceneConfig, str]) -> tuple[dict, list[dic
     scene = make_scene(seed, split, index, config)
     image_id = index + 1
     file_name = f"{image_id:06d}.png"
-    _write_atomic(os.path.join(image_dir, file_name), _png_bytes(scene.image))
+    atomic.write_bytes(os.path.join(image_dir, file_name), _png_bytes(scene.image))
     record = {"id": image_id, "file_name": file_name, "height": config.image_size,
               "width": config.image_size}
     return record, scene_annotations(scene, image_id, 0), occlusion_stats(
@@ -569,7 +550,7 @@ def write_split(output: str, split: str, num_images: int, seed: int, config: Sce
         "annotations": annotations,
         "categories": [dict(c) for c in CATEGORIES],
     }
-    _write_atomic(os.path.join(annotation_dir, f"{split}.json"),
+    atomic.write_bytes(os.path.join(annotation_dir, f"{split}.json"),
                   json.dumps(dataset, separators=(",", ":")).encode("utf-8"))
     return totals
 
@@ -594,22 +575,29 @@ def _write_previews(output: str, count: int, seed: int, config: SceneConfig) -> 
     return paths
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.synthetic",
-        description="Generate the synthetic amodal dataset (D2SA-style COCO JSON + PNGs).")
-    parser.add_argument("--output", required=True, help="dataset root directory")
-    parser.add_argument("--num_train", type=int, required=True, help="train scenes")
-    parser.add_argument("--num_val", type=int, required=True, help="val scenes")
-    parser.add_argument("--image_size", type=int, default=128, help="image side S")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
-    parser.add_argument("--min_objects", type=int, default=SceneConfig.min_objects)
-    parser.add_argument("--max_objects", type=int, default=SceneConfig.max_objects)
-    parser.add_argument("--preview", type=int, default=0, metavar="K",
-                        help="write K preview pictures of train scenes to DIR/previews/")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes drawing scenes (output does not depend on it)")
-    return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+    def define(kind, name, default, help_):
+        kind(name, default, help_, flag_values=values)
+
+    define(flags.DEFINE_string, "output", None, "dataset root directory")
+    define(flags.DEFINE_integer, "num_train", None, "train scenes")
+    define(flags.DEFINE_integer, "num_val", None, "val scenes")
+    define(flags.DEFINE_integer, "image_size", 128, "image side S")
+    define(flags.DEFINE_integer, "seed", 0, "dataset seed")
+    define(flags.DEFINE_integer, "min_objects", SceneConfig.min_objects,
+           "objects per scene, at least")
+    define(flags.DEFINE_integer, "max_objects", SceneConfig.max_objects,
+           "objects per scene, at most")
+    define(flags.DEFINE_integer, "preview", 0,
+           "write this many preview pictures of train scenes to DIR/previews/")
+    define(flags.DEFINE_integer, "workers", 1,
+           "processes drawing scenes (output does not depend on it)")
+    flags.mark_flags_as_required(["output", "num_train", "num_val"], flag_values=values)
+
+
+def _parse_args(argv: list[str] | None) -> flags.FlagValues:
+    """The command line (``sln_jax.cli``: absl flags, parsed per call)."""
+    return cli.parse(_define_flags, argv, "python -m data_prep.synthetic")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import runtime
+from sln_jax import atomic, runtime
 
 FLAGS = flags.FLAGS
 METRICS_MARKDOWN = "metrics.md"
@@ -37,53 +39,70 @@ RESULTS_TABLE_ROWS = (
     ("amodal/AR100_partial", "order/accuracy_decided"),
     ("amodal/AR100_heavy", "order/recall"),
 )
-flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and pictures.")
-config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.py"),
-    "The run's config file; its `synthetic` section describes the generated dataset.",
-    lock_config=True)
-flags.mark_flags_as_required(["workdir"])
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined when run as a program, so importing defines nothing)."""
+    flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, metrics and pictures.")
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.py"),
+        "The run's config file; its `synthetic` section describes the generated dataset.",
+        lock_config=True)
+    flags.mark_flags_as_required(["workdir"])
+
+
+def _run_module(module: str, *args) -> None:
+    """Runs ``python -m module args``: the data_prep command lines (sln_jax imports nothing
+    of data_prep, and the conversion workers never load what this process has loaded)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", module, *(str(a) for a in args)],
+                          env=dict(os.environ, PYTHONPATH=path))
+    if done.returncode:
+        raise RuntimeError(f"python -m {module} failed (exit status {done.returncode}); "
+                           "its message is above")
 
 
 def prepare_data(config, workdir: str) -> tuple[str, str]:
     """Generates and converts the synthetic dataset of ``config.synthetic`` (idempotent).
 
+    Runs ``python -m data_prep.synthetic`` when the dataset's settings changed (or a split's
+    annotations are missing), then ``python -m data_prep.convert`` per split (resumable).
+
     Returns:
       (records directory, val annotations JSON path).
     """
-    from data_prep import convert, synthetic
-
     raw = os.path.join(workdir, "data", "synthetic")
     records = os.path.join(workdir, "data", "records")
     syn = config.synthetic
-    scene_config = synthetic.SceneConfig(
-        image_size=int(syn.image_size), min_objects=int(syn.min_objects),
-        max_objects=int(syn.max_objects))
     counts = {"train": int(syn.num_train), "val": int(syn.num_val)}
+    scene = {"image_size": int(syn.image_size), "min_objects": int(syn.min_objects),
+             "max_objects": int(syn.max_objects)}
     # The settings are part of the dataset: regenerate when they change.
-    settings = {"seed": int(syn.seed), "counts": counts, "scene": repr(scene_config)}
+    settings = {"seed": int(syn.seed), "counts": counts, "scene": scene}
     stamp = os.path.join(raw, "settings.json")
     current = None
     if os.path.exists(stamp):
         with open(stamp) as f:
             current = json.load(f)
-    for split, count in counts.items():
-        if current != settings or not os.path.exists(
-                os.path.join(raw, "annotations", f"{split}.json")):
-            synthetic.write_split(raw, split, count, int(syn.seed), scene_config,
-                                  workers=int(syn.workers))
+    missing = any(not os.path.exists(os.path.join(raw, "annotations", f"{split}.json"))
+                  for split in counts)
+    if current != settings or missing:
+        _run_module("data_prep.synthetic", "--output", raw, "--num_train", counts["train"],
+                    "--num_val", counts["val"], "--seed", int(syn.seed),
+                    "--image_size", scene["image_size"], "--min_objects", scene["min_objects"],
+                    "--max_objects", scene["max_objects"], "--workers", int(syn.workers))
     if current != settings:
-        with open(stamp + ".tmp", "w") as f:
-            json.dump(settings, f)
-        os.replace(stamp + ".tmp", stamp)
+        atomic.write_json(stamp, settings)
     for split in counts:
-        convert.convert(
-            "synthetic", os.path.join(raw, "annotations", f"{split}.json"),
-            os.path.join(raw, "images", split), records, split=split,
-            num_shards=int(syn.num_shards), workers=int(syn.workers),
-            num_layers=int(config.data.num_layers),
-            mask_target_size=int(config.data.mask_target_size),
-            overwrite=current != settings)
+        _run_module("data_prep.convert", "--dataset", "synthetic",
+                    "--annotations", os.path.join(raw, "annotations", f"{split}.json"),
+                    "--images", os.path.join(raw, "images", split), "--output", records,
+                    "--split", split, "--num_shards", int(syn.num_shards),
+                    "--workers", int(syn.workers), "--num_layers", int(config.data.num_layers),
+                    "--mask_target_size", int(config.data.mask_target_size),
+                    *(["--overwrite"] if current != settings else []))
     return records, os.path.join(raw, "annotations", "val.json")
 
 
@@ -148,8 +167,9 @@ def main(argv: list[str]) -> None:
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "
                              "`synthetic` section (see configs/synthetic.py)")
-    from sln_jax import train
+    from sln_jax import train, train_state
 
+    train_state.use_classic_prng()
     logging.set_verbosity(logging.INFO)
     train.quiet_library_logs()
     os.makedirs(FLAGS.workdir, exist_ok=True)
@@ -157,4 +177,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,7 +1,7 @@
 """CLI: evaluate a COCO results file against a GT file and print / save the metrics.
 
     python -m sln_jax.evaluate --gt GT.json --results RESULTS.json \
-        [--format coco|cocoa] [--output metrics.json] [--iou_type amodal modal]
+        [--format coco|cocoa] [--output metrics.json] [--iou_type amodal --iou_type modal]
 
 Prints ``sln_jax.evaluation.format_table`` and, with ``--output``, writes the flat metrics
 JSON atomically. Exit status 2 with a one-line message for bad input.
@@ -9,24 +9,30 @@ JSON atomically. Exit status 2 with a one-line message for bad input.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from sln_jax import evaluation
+from absl import flags
+
+from sln_jax import cli, evaluation
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m sln_jax.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gt", required=True, help="ground-truth JSON")
-    parser.add_argument("--results", required=True, help="COCO results JSON (list)")
-    parser.add_argument("--format", default="coco", choices=("coco", "cocoa"),
-                        help="GT format: COCO / D2SA-style, or the COCOA per-image format")
-    parser.add_argument("--output", help="where to write the flat metrics JSON")
-    parser.add_argument("--iou_type", nargs="+", default=["amodal", "modal"],
-                        choices=("amodal", "modal"), help="mask types to evaluate")
-    return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("gt", None, "ground-truth JSON", flag_values=values)
+    flags.DEFINE_string("results", None, "COCO results JSON (list)", flag_values=values)
+    flags.DEFINE_enum("format", "coco", ["coco", "cocoa"],
+                      "GT format: COCO / D2SA-style, or the COCOA per-image format",
+                      flag_values=values)
+    flags.DEFINE_string("output", None, "where to write the flat metrics JSON",
+                        flag_values=values)
+    flags.DEFINE_multi_enum("iou_type", ["amodal", "modal"], ["amodal", "modal"],
+                            "mask types to evaluate (repeat the flag for both)",
+                            flag_values=values)
+    flags.mark_flags_as_required(["gt", "results"], flag_values=values)
+
+
+def parse_args(argv: list[str] | None = None) -> flags.FlagValues:
+    """Command-line flags (see the module docstring; ``sln_jax.cli``)."""
+    return cli.parse(_define_flags, argv, "python -m sln_jax.evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,25 +1,30 @@
-"""Inference on any image: files -> detections -> COCO results JSON, pictures, layer maps.
+"""Inference on any image: ``Predictor`` (files or arrays -> detections) and its CLI.
 
-Per image: load it whatever its mode (grayscale, RGBA, palette, 16-bit, CMYK; EXIF
-orientation applied) as RGB uint8; fit it, keeping its aspect, into the smallest of a few
-square canvas sizes ("buckets") that holds it (images larger than every bucket are shrunk to
+Per image: read it with ``sln_jax.images`` (the reader and policy of training and
+conversion); fit it, keeping its aspect, into the smallest of a few square canvas sizes
+("buckets", ``sln_jax.canvas``) that holds it (images larger than every bucket are shrunk to
 the largest; smaller ones are enlarged to the smallest, which is the training size S), pad it
 bottom/right and normalize it as the input pipeline does; run the jitted model, which is
 compiled once per bucket (``Predictor.compiled_shapes`` records every compiled input shape);
 turn the fixed-size detections into instances on the host
-(``sln_jax.models.postprocess.to_instances``).
+(``sln_jax.postprocess.to_instances``).
 
 CLI::
 
-  python -m sln_jax.infer --config configs/synthetic.py --checkpoint WORKDIR \\
-      --images DIR_OR_GLOB --output OUT [--annotations GT.json] [--layers] \\
+  python -m sln_jax.infer --checkpoint WORKDIR --images DIR_OR_GLOB --output OUT \\
+      [--config configs/synthetic.py] [--annotations GT.json] [--layers] \\
       [--score_threshold T] [--canvas_sizes 512,768,1024] [--batch_size B]
+      [--evaluate [--format coco|cocoa]]
 
-writes ``OUT/results.json`` (COCO results, ``docs/ARCHITECTURE.md``),
+``--config`` defaults to the config the training run saved in WORKDIR; a given config must
+match the checkpoint's model (``sln_jax.checkpoints.check_compatible``). Writes
+``OUT/results.json`` (COCO results, ``docs/ARCHITECTURE.md``),
 ``OUT/images.json`` (the image id of every file, and the unreadable files with the reason),
 ``OUT/pictures/NAME.png`` per image and, with ``--layers``,
 ``OUT/layers/NAME/det<i>_layer<k>.png`` and ``det<i>_semdist.png`` per detection. Every
-file is written under a temporary name and renamed, so no reader sees half a file.
+file is written under a temporary name and renamed, so no reader sees half a file. With
+``--evaluate`` (and ``--annotations``) the detections are also scored by
+``sln_jax.evaluation.Evaluator`` into ``OUT/metrics.json``.
 """
 
 from __future__ import annotations
@@ -28,31 +33,23 @@ import glob
 import json
 import os
 import sys
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import cv2
+import jax
 import numpy as np
-from PIL import Image, ImageOps
+
+from sln_jax import (atomic, canvas, checkpoints, evaluation, layering, postprocess, records,
+                     semdist, train_state, visualize)
+from sln_jax.detections import Detections
+from sln_jax.images import UnreadableImageError, load_image
+from sln_jax.models.sln import SLN
 
 __all__ = [
-    "UnreadableImageError",
-    "load_image",
-    "to_rgb",
     "find_images",
-    "default_canvas_sizes",
-    "choose_canvas",
-    "fit_to_canvas",
     "Predictor",
-    "picture_size",
-    "depth_order_matrix",
-    "draw_picture",
     "layer_maps",
     "image_ids_from_annotations",
-    "write_json_atomic",
-    "write_png_atomic",
     "run",
 ]
 
@@ -61,91 +58,6 @@ IMAGE_EXTENSIONS = frozenset({
     ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff",
     ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif", ".jp2", ".qoi",
 })
-
-# Canvas sides are multiples of this: the coarsest FPN level (P6) has stride 64.
-CANVAS_MULTIPLE = 64
-
-# Transparent pixels are shown over white, as image viewers do.
-ALPHA_BACKGROUND = (255, 255, 255)
-
-
-class UnreadableImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file and the reason."""
-
-
-# ----------------------------------------------------------------------- image loading
-
-
-def _gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 [H, W] from a single-channel image of integer or float mode ('I;16', 'I', 'F')."""
-    values = values.astype(np.float64)
-    if mode.startswith("I;16"):
-        top = 65535.0
-    elif mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
-        top = 1.0
-    elif values.size and values.min() >= 0 and values.max() <= 255:
-        top = 255.0
-    elif values.size and values.min() >= 0 and values.max() <= 65535:
-        top = 65535.0  # 16-bit data that Pillow opened as 32-bit 'I'
-    else:
-        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-        values = values - lo
-        top = max(hi - lo, 1e-12)
-    return np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
-
-
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """RGB uint8 pixels of a Pillow image of any mode, EXIF orientation applied.
-
-    Grayscale and 16-bit / 32-bit / float single-channel images are scaled to 0..255 and
-    repeated over three channels; images with transparency (RGBA, LA, palette with a
-    transparent colour) are composited over white; CMYK, YCbCr, LAB, HSV and 1-bit images go
-    through Pillow's conversion.
-
-    Args:
-      image: an opened Pillow image (the first frame is used for animations).
-
-    Returns:
-      uint8 [H, W, 3], H and W after EXIF rotation.
-    """
-    image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        gray = _gray_to_uint8(np.asarray(image), mode)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-        image = Image.alpha_composite(background, rgba)
-    return np.array(image.convert("RGB"), dtype=np.uint8)
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as RGB uint8 (see ``to_rgb`` for the modes handled).
-
-    Args:
-      path: an image file Pillow can decode (PNG, JPEG, BMP, GIF, TIFF, WebP, ...).
-
-    Returns:
-      uint8 [H, W, 3].
-
-    Raises:
-      UnreadableImageError: naming the file, when it is missing, not an image, truncated,
-        empty or too large for Pillow's decompression-bomb limit.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                pixels = to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
-        raise UnreadableImageError(f"{path}: cannot read image ({error})") from error
-    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise UnreadableImageError(f"{path}: image has no pixels ({pixels.shape[:2]})")
-    return pixels
 
 
 def find_images(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -179,119 +91,6 @@ def find_images(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[P
     if not found:
         raise FileNotFoundError(f"--images {spec}: no image files found")
     return sorted(found)
-
-
-# ------------------------------------------------------------------ canvases (buckets)
-
-
-def default_canvas_sizes(image_size: int) -> tuple[int, ...]:
-    """The default square canvas sides for a model trained at side S: S, 1.5 S and 2 S.
-
-    Sides are rounded up to a multiple of 64, so larger images keep more of their detail
-    while the number of compiled shapes stays at three.
-
-    Args:
-      image_size: S, ``config.data.image_size``.
-
-    Returns:
-      Increasing canvas sides, the first one S.
-    """
-    def round_up(side: float) -> int:
-        return int(-(-side // CANVAS_MULTIPLE) * CANVAS_MULTIPLE)
-
-    sides = [int(image_size)] + [round_up(f * image_size) for f in (1.5, 2.0)]
-    return tuple(sorted(set(sides)))
-
-
-def choose_canvas(height: int, width: int, canvas_sizes: Sequence[int]) -> int:
-    """The canvas side an image of size (height, width) is fitted into.
-
-    The smallest canvas that holds the image's longer side; the largest canvas when none
-    does (the image is then shrunk).
-
-    Args:
-      height, width: original image size in pixels.
-      canvas_sizes: increasing canvas sides.
-
-    Returns:
-      One of ``canvas_sizes``.
-    """
-    longest = max(height, width)
-    for side in canvas_sizes:
-        if longest <= side:
-            return int(side)
-    return int(canvas_sizes[-1])
-
-
-def fit_to_canvas(image: np.ndarray, canvas: int, mean: Sequence[float],
-                  std: Sequence[float]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Resizes an image keeping its aspect so its longer side is ``canvas``, pads, normalizes.
-
-    Args:
-      image: uint8 [H, W, 3] RGB.
-      canvas: the canvas side C.
-      mean, std: per-channel normalization in 0..255 units (the input pipeline's).
-
-    Returns:
-      (canvas float32 [C, C, 3] normalized, zero on the padding; (h, w) int of the resized
-      content in its top-left corner).
-    """
-    height, width = image.shape[:2]
-    scale = canvas / max(height, width)
-    new_h = min(canvas, max(1, int(round(height * scale))))
-    new_w = min(canvas, max(1, int(round(width * scale))))
-    # Pillow's bilinear filter widens its support when shrinking, as the input pipeline's
-    # tf.image.resize(antialias=True) does: both give the same pixels within rounding.
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    out = np.zeros((canvas, canvas, 3), np.float32)
-    out[:new_h, :new_w] = (resized.astype(np.float32) - np.asarray(mean, np.float32)) / \
-        np.asarray(std, np.float32)
-    return out, (new_h, new_w)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Calls ``write(temporary_path)`` in ``path``'s directory, then renames it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    """JSON encoding of NumPy scalars and arrays, and of RLE ``bytes`` counts."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("ascii")
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Writes ``payload`` as JSON to ``path`` atomically (NumPy values and bytes allowed)."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, default=_json_default)
-
-    _write_atomic(path, write)
-
-
-def write_png_atomic(path: str | os.PathLike, pixels: np.ndarray) -> None:
-    """Writes uint8 [H, W] or [H, W, 3|4] pixels as a PNG atomically."""
-    pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8:
-        raise ValueError(f"{path}: PNG pixels must be uint8, got {pixels.dtype}")
-    _write_atomic(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------- image ids
@@ -344,13 +143,6 @@ def _lookup_image_id(path: Path, root: Path | None, ids: dict[str, int]) -> int 
 # ------------------------------------------------------------------------- predictor
 
 
-def _normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The input pipeline's per-channel (mean, std), converted to 0..255 units."""
-    from sln_jax import input_pipeline
-    return (tuple(255.0 * m for m in input_pipeline.IMAGENET_MEAN),
-            tuple(255.0 * s for s in input_pipeline.IMAGENET_STD))
-
-
 class Predictor:
     """Detections of a trained SLN on images of any size.
 
@@ -373,7 +165,9 @@ class Predictor:
         """Restores the latest checkpoint (or ``step``) of a training workdir.
 
         Args:
-          config: the run's ``ml_collections.ConfigDict`` (``config.model``, ``config.data``).
+          config: the run's ``ml_collections.ConfigDict`` (``config.model``,
+            ``config.data``), or None for the config saved in the workdir. A given config
+            must match the checkpoint's model (``checkpoints.check_compatible``).
           checkpoint_dir: the training workdir (``WORKDIR/checkpoints`` holds the orbax
             checkpoints) or that ``checkpoints`` directory itself.
           canvas_sizes: canvas sides; default ``default_canvas_sizes(config.data.image_size)``.
@@ -381,13 +175,11 @@ class Predictor:
           score_threshold: overrides ``config.model.score_threshold``.
           step: checkpoint step to restore; default the latest.
         """
-        from sln_jax import train
-        directory = Path(checkpoint_dir)
-        nested = directory / train.CHECKPOINT_DIR
-        if directory.name == train.CHECKPOINT_DIR and not nested.exists():
-            directory = directory.parent
-        checkpoint = train.load_checkpoint(str(directory), step)
-        _check_checkpoint_config(config, checkpoint["config"], directory)
+        directory = checkpoints.find_workdir(checkpoint_dir)
+        checkpoint = checkpoints.load_checkpoint(str(directory), step)
+        if config is None:
+            config = checkpoints.load_config(directory)
+        checkpoints.check_compatible(config, checkpoint["config"], directory)
         variables = {"params": checkpoint["params"], "batch_stats": checkpoint["batch_stats"]}
         self._setup(config, variables, canvas_sizes, batch_size, score_threshold)
         self.step = checkpoint["step"]
@@ -403,26 +195,21 @@ class Predictor:
         return predictor
 
     def _setup(self, config, variables, canvas_sizes, batch_size, score_threshold) -> None:
-        import jax
-        from sln_jax.models import postprocess
-        from sln_jax.models.sln import SLN
-
         config = config.copy_and_resolve_references()
         if score_threshold is not None:
             with config.unlocked():
                 config.model.score_threshold = float(score_threshold)
         self.config = config
-        sizes = canvas_sizes or default_canvas_sizes(config.data.image_size)
+        sizes = canvas_sizes or canvas.default_canvas_sizes(config.data.image_size)
         self.canvas_sizes = tuple(sorted(int(s) for s in sizes))
-        if any(s % CANVAS_MULTIPLE for s in self.canvas_sizes) or self.canvas_sizes[0] <= 0:
+        if (any(s % canvas.CANVAS_MULTIPLE for s in self.canvas_sizes)
+                or self.canvas_sizes[0] <= 0):
             raise ValueError(f"canvas sizes {self.canvas_sizes} must be positive multiples of "
-                             f"{CANVAS_MULTIPLE} (the coarsest FPN stride)")
+                             f"{canvas.CANVAS_MULTIPLE} (the coarsest FPN stride)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.mean, self.std = _normalization()
         self.compiled_shapes: list[tuple[int, ...]] = []
-        self._postprocess = postprocess
         self._model = SLN(config.model)
         self._variables = jax.device_put(variables)
         self._forward = jax.jit(self._trace_forward)
@@ -444,7 +231,6 @@ class Predictor:
           docs/interfaces.md without the batch axis, NumPy), (h, w) of the image's content
           in its canvas).
         """
-        import jax
         for index, image in enumerate(images):
             if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
                     and image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) > 0):
@@ -454,7 +240,7 @@ class Predictor:
                     f"{getattr(image, 'shape', '')}; use load_image / to_rgb")
         by_canvas: dict[int, list[int]] = {}
         for index, image in enumerate(images):
-            side = choose_canvas(image.shape[0], image.shape[1], self.canvas_sizes)
+            side = canvas.choose_canvas(image.shape[0], image.shape[1], self.canvas_sizes)
             by_canvas.setdefault(side, []).append(index)
         results: list[Any] = [None] * len(images)
         for side, indices in by_canvas.items():
@@ -463,7 +249,7 @@ class Predictor:
                 batch = np.zeros((self.batch_size, side, side, 3), np.float32)
                 sizes = []
                 for slot, index in enumerate(chunk):
-                    batch[slot], size = fit_to_canvas(images[index], side, self.mean, self.std)
+                    batch[slot], size = canvas.fit_to_canvas(images[index], side)
                     sizes.append(size)
                 outputs = jax.device_get(self._forward(self._variables, batch))
                 for slot, index in enumerate(chunk):
@@ -474,7 +260,7 @@ class Predictor:
     def to_instances(self, outputs: dict[str, np.ndarray], content_size: tuple[int, int],
                      orig_size: tuple[int, int]) -> list[dict[str, Any]]:
         """Instances of one image from its ``raw_outputs`` entry (see ``predict_batch``)."""
-        return self._postprocess.to_instances(outputs, content_size, orig_size,
+        return postprocess.to_instances(outputs, content_size, orig_size,
                                               self.config.model)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
@@ -484,7 +270,7 @@ class Predictor:
           images: uint8 [H_i, W_i, 3] RGB images of any sizes.
 
         Returns:
-          Per image, the instances of ``sln_jax.models.postprocess.to_instances`` in the
+          Per image, the instances of ``sln_jax.postprocess.to_instances`` in the
           image's own pixels: ``box`` (x, y, w, h), ``category_id``, ``score``, ``amodal`` and
           ``visible`` bool [H_i, W_i], ``layers`` int32 [H_i, W_i], ``occlude_rate``,
           ``depth_order`` {index of another detection: +1 in front of it / -1 behind}.
@@ -495,169 +281,6 @@ class Predictor:
     def predict(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Detections of one uint8 [H, W, 3] RGB image (see ``predict_batch``)."""
         return self.predict_batch([image])[0]
-
-
-def _check_checkpoint_config(config, saved: dict, directory: Path) -> None:
-    """Raises when the checkpoint was trained with a different model config."""
-    saved_model = saved.get("model", {}) if isinstance(saved, dict) else {}
-    current = config.model.to_dict()
-    differences = []
-    for key, value in saved_model.items():
-        if key in ("score_threshold", "nms_threshold", "max_detections"):
-            continue  # inference-time settings, free to change
-        here = current.get(key)
-        if isinstance(value, list):
-            value, here = tuple(value), tuple(here) if isinstance(here, (list, tuple)) else here
-        if here != value:
-            differences.append(f"model.{key}: checkpoint {value!r}, config {here!r}")
-    if differences:
-        raise ValueError(f"{directory}: checkpoint does not match --config ("
-                         + "; ".join(differences) + ")")
-
-
-# -------------------------------------------------------------------------- pictures
-
-# Pictures are drawn at a legible size: small images are enlarged by an integer factor until
-# their longer side reaches PICTURE_MIN_SIDE, large ones shrunk to PICTURE_MAX_SIDE.
-PICTURE_MIN_SIDE = 384
-PICTURE_MAX_SIDE = 1600
-# The depth-order graph panel to the right of the image: at least this tall, this wide,
-# and wide enough for a row of every detection's node.
-GRAPH_MIN_HEIGHT = 320
-GRAPH_WIDTH_RANGE = (300, 960)
-GRAPH_NODE_WIDTH = 36
-
-
-def picture_size(height: int, width: int, num_detections: int = 0
-                 ) -> tuple[int, int, int, int]:
-    """Layout of ``draw_picture``'s output for an image of size (height, width).
-
-    Args:
-      height, width: the image's size.
-      num_detections: how many detections the graph panel shows.
-
-    Returns:
-      (picture height, picture width, drawn image height, drawn image width): the drawn
-      image sits in the top-left corner, the depth-order graph panel to its right.
-    """
-    longest = max(height, width)
-    if longest < PICTURE_MIN_SIDE:
-        scale = float(-(-PICTURE_MIN_SIDE // longest))
-    else:
-        scale = min(1.0, PICTURE_MAX_SIDE / longest)
-    drawn_h = max(1, int(round(height * scale)))
-    drawn_w = max(1, int(round(width * scale)))
-    total_h = max(drawn_h, GRAPH_MIN_HEIGHT)
-    graph_w = int(np.clip(max(0.6 * total_h, GRAPH_NODE_WIDTH * (num_detections + 2)),
-                          *GRAPH_WIDTH_RANGE))
-    return total_h, drawn_w + graph_w, drawn_h, drawn_w
-
-
-def _resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """bool [N, height, width] nearest-neighbour resize of bool [N, H, W] masks."""
-    if masks.shape[1:] == (height, width):
-        return masks
-    return np.stack([cv2.resize(m.astype(np.uint8), (width, height),
-                                interpolation=cv2.INTER_NEAREST).astype(bool) for m in masks]
-                    ) if len(masks) else np.zeros((0, height, width), bool)
-
-
-def depth_order_matrix(instances: Sequence[dict[str, Any]]) -> np.ndarray:
-    """int8 [N, N] pairwise order of instances from their ``depth_order`` dicts.
-
-    Entry [i, j] is +1 when detection i is in front of detection j, -1 behind, 0 unknown.
-    """
-    n = len(instances)
-    order = np.zeros((n, n), np.int8)
-    for i, instance in enumerate(instances):
-        for j, relation in instance.get("depth_order", {}).items():
-            j = int(j)
-            if 0 <= j < n and j != i:
-                order[i, j] = int(np.sign(relation))
-    return order
-
-
-def _render_graph(order: np.ndarray, height: int, width: int, caption: str) -> np.ndarray:
-    """uint8 [height, width, 3] picture of the depth-order graph (matplotlib, Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from sln_jax import visualize
-
-    dpi = 100
-    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(figure)
-    axis = figure.add_axes((0.04, 0.2, 0.92, 0.72))
-    # Nodes carry the detection index and color of the tags in the picture, which also
-    # name the class; class names under the nodes would collide when a row is full.
-    visualize.depth_order_graph(axis, order)
-    figure.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=8, color="0.25")
-    canvas.draw()
-    pixels = np.asarray(canvas.buffer_rgba())[:, :, :3]
-    if pixels.shape[:2] != (height, width):
-        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(pixels)
-
-
-PICTURE_MIN_SCORE = 0.5
-
-
-def _confident(instances: Sequence[dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
-    """The instances scoring >= min_score, their depth_order re-indexed to the kept list."""
-    keep = [i for i, d in enumerate(instances) if float(d["score"]) >= min_score]
-    new_index = {old: new for new, old in enumerate(keep)}
-    return [dict(instances[i], depth_order={
-        new_index[int(j)]: v for j, v in instances[i]["depth_order"].items()
-        if int(j) in new_index}) for i in keep]
-
-
-def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
-                 class_names: dict[int, str] | None = None,
-                 min_score: float = PICTURE_MIN_SCORE) -> np.ndarray:
-    """The picture of one image's detections, for a person to read.
-
-    Left: the image (enlarged when small, shrunk when huge; ``picture_size``) with each
-    detection's visible part filled translucently, its occluded part hatched, its amodal
-    outline, and a tag "index class score" (``sln_jax.visualize.draw_instances``). Right: the
-    depth-order graph, an arrow from each detection to the ones it is in front of.
-
-    Args:
-      image: uint8 [H, W, 3] RGB.
-      instances: the detections of ``Predictor.predict`` (``amodal``, ``visible`` bool
-        [H, W], ``category_id``, ``score``, ``depth_order``).
-      class_names: category id -> name (ids are shown otherwise).
-      min_score: only detections scoring at least this are drawn (results files keep the
-        low-scoring ones that COCO AP needs; a picture of them is unreadable). Tags and the
-        graph number the drawn detections 0, 1, ...
-
-    Returns:
-      uint8 [picture height, picture width, 3] RGB, sizes from ``picture_size(H, W, N)``
-      with N the number drawn.
-    """
-    from sln_jax import visualize
-
-    instances = _confident(instances, min_score)
-    height, width = image.shape[:2]
-    total_h, total_w, drawn_h, drawn_w = picture_size(height, width, len(instances))
-    names = [(class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
-             for d in instances]
-    scores = [float(d["score"]) for d in instances]
-    empty = np.zeros((0, height, width), bool)
-    amodal = np.stack([d["amodal"] for d in instances]) if instances else empty
-    visible = np.stack([d["visible"] for d in instances]) if instances else empty
-    interpolation = cv2.INTER_NEAREST if drawn_h >= height else cv2.INTER_AREA
-    shown = cv2.resize(image, (drawn_w, drawn_h), interpolation=interpolation)
-    drawn = visualize.draw_instances(shown, _resize_masks(amodal, drawn_h, drawn_w),
-                                     _resize_masks(visible, drawn_h, drawn_w),
-                                     labels=names, scores=scores)
-    picture = np.full((total_h, total_w, 3), 255, np.uint8)
-    picture[:drawn_h, :drawn_w] = drawn
-    caption = (f"{len(instances)} detections with score >= {min_score:g}\n"
-               "fill: visible part, hatched: occluded part,\n"
-               "outline: amodal mask")
-    picture[:, drawn_w:] = _render_graph(depth_order_matrix(instances), total_h,
-                                         total_w - drawn_w, caption)
-    return picture
 
 
 # ------------------------------------------------------------------------ layer maps
@@ -685,17 +308,13 @@ def layer_maps(outputs: dict[str, np.ndarray], content_size: tuple[int, int],
       Per instance: (layer maps float32 [K, H, W] in [0, 1], sem-dist float32 [H, W] in
       [0, K + 1)).
     """
-    from sln_jax import layering, semdist
-    from sln_jax.models import postprocess
-
     k = int(model_config.num_layers)
     height, width = int(orig_size[0]), int(orig_size[1])
     detections = np.flatnonzero(np.asarray(outputs["valid"], bool))
     if len(detections) != len(instances):
         raise ValueError(f"{len(instances)} instances for {len(detections)} valid detections")
-    factor = np.array([height / content_size[0], width / content_size[1]] * 2, np.float64)
-    boxes = np.clip(np.asarray(outputs["boxes"], np.float64)[detections] * factor, 0,
-                    [height, width, height, width])
+    boxes = canvas.boxes_to_original(np.asarray(outputs["boxes"])[detections], content_size,
+                                     (height, width))
     maps = []
     for index, (detection, instance) in enumerate(zip(detections, instances)):
         if model_config.head == "layers":
@@ -721,9 +340,9 @@ def _write_layer_maps(directory: Path, outputs: dict[str, np.ndarray],
     for index, (layer_probs, sem) in enumerate(
             layer_maps(outputs, content_size, orig_size, instances, model_config)):
         for channel in range(k):
-            write_png_atomic(directory / f"det{index}_layer{channel}.png",
+            atomic.write_png(directory / f"det{index}_layer{channel}.png",
                              np.round(255 * np.clip(layer_probs[channel], 0, 1)).astype(np.uint8))
-        write_png_atomic(directory / f"det{index}_semdist.png",
+        atomic.write_png(directory / f"det{index}_semdist.png",
                          np.round(255 * np.clip(sem / (k + 1), 0, 1)).astype(np.uint8))
 
 
@@ -763,25 +382,24 @@ def _class_names(config, annotations: str | None) -> dict[int, str]:
             categories = json.load(f).get("categories")
         if isinstance(categories, list):
             return {int(c["id"]): str(c["name"]) for c in categories}
-    metadata = os.path.join(str(config.data.dir), "metadata.json")
-    if os.path.isfile(metadata):
-        with open(metadata) as f:
-            classes = json.load(f).get("classes", {})
-        return {int(k): str(v) for k, v in classes.items()}
-    return {}
+    try:
+        classes = records.read_metadata(str(config.data.dir)).get("classes", {})
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {int(k): str(v) for k, v in classes.items()}
 
 
 def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         output_dir: str | os.PathLike, *, annotations: str | None = None,
         layers: bool = False, score_threshold: float | None = None,
         canvas_sizes: Sequence[int] | None = None, batch_size: int = 1,
-        pictures: bool = True, picture_min_score: float = PICTURE_MIN_SCORE,
-        progress: bool = True,
+        pictures: bool = True, picture_min_score: float = visualize.PICTURE_MIN_SCORE,
+        progress: bool = True, evaluate: bool = False, annotations_format: str = "coco",
         predictor: Predictor | None = None) -> dict[str, Any]:
     """Runs inference on image files and writes results, pictures and layer maps.
 
     Args:
-      config: the run's config.
+      config: the run's config, or None for the one saved in ``checkpoint_dir``.
       checkpoint_dir: the training workdir (see ``Predictor``).
       images: a directory, glob, file or list of those (``find_images``).
       output_dir: where ``results.json``, ``images.json``, ``pictures/`` and ``layers/`` go.
@@ -793,22 +411,27 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
       pictures: write one picture per image.
       picture_min_score: the pictures show detections scoring at least this.
       progress: show a tqdm progress bar.
+      evaluate: also score the detections against ``annotations`` (``evaluation.Evaluator``)
+        and write ``metrics.json`` (the flat metrics of ``python -m sln_jax.evaluate``).
+      annotations_format: 'coco' or 'cocoa', the format of ``annotations``.
       predictor: reuse an existing predictor (then checkpoint_dir, score_threshold,
         canvas_sizes and batch_size are not used).
 
     Returns:
       A summary: ``num_images`` (predicted), ``num_detections``, ``num_unreadable``,
       ``unreadable`` [{'file', 'error'}], ``num_unmatched`` and ``unmatched`` (files not in
-      ``annotations``), ``results`` (path of results.json).
+      ``annotations``), ``results`` (path of results.json) and, with ``evaluate``,
+      ``metrics`` (the flat metrics).
     """
     from tqdm import tqdm
-
-    from sln_jax.models import postprocess
 
     paths = find_images(images)
     root = _common_root(paths)
     names = _output_names(paths, root)
     gt_ids = image_ids_from_annotations(annotations) if annotations else None
+    if evaluate and not annotations:
+        raise ValueError("evaluate needs annotations (the GT JSON to score against)")
+    evaluator = evaluation.Evaluator(annotations, annotations_format) if evaluate else None
     if predictor is None:
         predictor = Predictor(config, checkpoint_dir, canvas_sizes=canvas_sizes,
                               batch_size=batch_size, score_threshold=score_threshold)
@@ -829,11 +452,14 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         raw = predictor.raw_outputs([item[2] for item in items])
         for (name, image_id, image), (outputs, size) in zip(items, raw):
             instances = predictor.to_instances(outputs, size, image.shape[:2])
-            results.extend(postprocess.to_coco_results(instances, image_id))
+            detections = Detections.from_instances(instances, *image.shape[:2])
+            results.extend(detections.to_results(image_id))
+            if evaluator is not None:
+                evaluator.add(image_id, detections)
             if pictures:
-                write_png_atomic(output_dir / "pictures" / f"{name}.png",
-                                 draw_picture(image, instances, class_names,
-                                              picture_min_score))
+                atomic.write_png(output_dir / "pictures" / f"{name}.png",
+                                 visualize.draw_picture(image, instances, class_names,
+                                                        picture_min_score))
             if layers:
                 _write_layer_maps(output_dir / "layers" / name, outputs, size,
                                   image.shape[:2], instances, predictor.config.model)
@@ -857,7 +483,7 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
             image_id, next_id = next_id, next_id + 1
         image_records.append({"id": image_id, "file_name": file_name,
                               "height": int(image.shape[0]), "width": int(image.shape[1])})
-        side = choose_canvas(image.shape[0], image.shape[1], predictor.canvas_sizes)
+        side = canvas.choose_canvas(image.shape[0], image.shape[1], predictor.canvas_sizes)
         pending.setdefault(side, []).append((name, image_id, image))
         if len(pending[side]) == predictor.batch_size:
             flush(side)
@@ -866,8 +492,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
     bar.close()
 
     results_path = output_dir / "results.json"
-    write_json_atomic(results_path, results)
-    write_json_atomic(output_dir / "images.json", {
+    atomic.write_json(results_path, results)
+    atomic.write_json(output_dir / "images.json", {
         "images": image_records, "unreadable": unreadable, "unmatched": unmatched,
         "annotations": str(annotations) if annotations else None,
     })
@@ -877,19 +503,24 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         "num_unmatched": len(unmatched), "unmatched": unmatched,
         "results": str(results_path),
     }
+    if evaluator is not None:
+        summary["metrics"] = evaluator.compute()
+        evaluation.write_metrics(output_dir / "metrics.json", summary["metrics"])
+        print(evaluation.format_table(summary["metrics"]))
     print(f"{summary['num_images']} images, {summary['num_detections']} detections -> "
           f"{results_path}; {summary['num_unreadable']} unreadable file(s) skipped"
           + (f", {summary['num_unmatched']} not in {annotations}" if annotations else ""))
     return summary
 
 
-def _define_flags():
+def define_flags():
     """The CLI's flags (defined only when run as a program, so importing stays side-effect free)."""
     from absl import flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file of the run (configs/*.py).",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file of the run (configs/*.py); default: the config saved "
+        "in the --checkpoint workdir.", lock_config=True)
     flags.DEFINE_string("checkpoint", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_string("images", None, "Image directory, glob pattern or file.")
     flags.DEFINE_string("output", None, "Output directory.")
@@ -897,13 +528,16 @@ def _define_flags():
                         "COCO-style GT JSON: take image ids from it by file name.")
     flags.DEFINE_bool("layers", False, "Also write each detection's layer and sem-dist maps.")
     flags.DEFINE_bool("pictures", True, "Write one picture per image.")
-    flags.DEFINE_float("picture_min_score", PICTURE_MIN_SCORE,
+    flags.DEFINE_float("picture_min_score", visualize.PICTURE_MIN_SCORE,
                        "Pictures show detections scoring at least this.")
     flags.DEFINE_float("score_threshold", None, "Overrides config.model.score_threshold.")
     flags.DEFINE_list("canvas_sizes", None,
                       "Canvas sides, multiples of 64 (default: S, 1.5 S, 2 S).")
     flags.DEFINE_integer("batch_size", 1, "Images per model call.")
-    flags.mark_flags_as_required(["config", "checkpoint", "images", "output"])
+    flags.DEFINE_bool("evaluate", False, "Score the detections against --annotations and "
+                      "write OUTPUT/metrics.json.")
+    flags.DEFINE_enum("format", "coco", ["coco", "cocoa"], "Format of --annotations.")
+    flags.mark_flags_as_required(["checkpoint", "images", "output"])
     return flags.FLAGS
 
 
@@ -914,6 +548,7 @@ def main(argv: Sequence[str]) -> None:
     runtime.configure_cpu()  # before JAX starts a backend
     from absl import flags, logging
     FLAGS = flags.FLAGS
+    train_state.use_classic_prng()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
     canvas_sizes = [int(s) for s in FLAGS.canvas_sizes] if FLAGS.canvas_sizes else None
@@ -921,10 +556,11 @@ def main(argv: Sequence[str]) -> None:
         annotations=FLAGS.annotations, layers=FLAGS.layers,
         score_threshold=FLAGS.score_threshold, canvas_sizes=canvas_sizes,
         batch_size=FLAGS.batch_size, pictures=FLAGS.pictures,
-        picture_min_score=FLAGS.picture_min_score)
+        picture_min_score=FLAGS.picture_min_score, evaluate=FLAGS.evaluate,
+        annotations_format=FLAGS.format)
 
 
 if __name__ == "__main__":
     from absl import app
-    _define_flags()
+    define_flags()
     app.run(main)

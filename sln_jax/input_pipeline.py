@@ -39,73 +39,31 @@ Choices:
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Iterator
 
 import numpy as np
 
-from data_prep.records import SCHEMA_VERSION, parse_tf
+from sln_jax import canvas
+from sln_jax.records import SCHEMA_VERSION, parse_tf, read_metadata, split_files
 
-__all__ = ["create_dataset", "read_metadata", "IMAGENET_MEAN", "IMAGENET_STD",
-           "PADDING_ORDER"]
+__all__ = ["create_dataset", "PADDING_ORDER"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PADDING_ORDER = 2 ** 30
 # Epoch seeds: seed * _EPOCH_STRIDE + epoch, so (seed, epoch) pairs never collide.
 _EPOCH_STRIDE = 1_000_003
 _MAX_EPOCHS = 2 ** 40
 
 
-def read_metadata(directory: str, data_config: Any = None) -> dict:
-    """Load ``directory/metadata.json`` and check it against the data config.
-
-    Args:
-      directory: the conversion's output directory.
-      data_config: optional config with ``num_layers``, ``mask_target_size`` and
-        ``num_classes``; each must equal the dataset's.
-
-    Returns:
-      the metadata dict (see ``data_prep.convert``).
-
-    Raises:
-      FileNotFoundError: no metadata.json (the data was not converted).
-      ValueError: one line naming the file and the mismatching field.
-    """
-    path = os.path.join(directory, "metadata.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: convert the dataset first with "
-                                "python -m data_prep.convert")
-    with open(path) as f:
-        metadata = json.load(f)
-    if metadata.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {metadata.get('schema_version')} but this "
-                         f"code reads version {SCHEMA_VERSION}; convert the data again")
-    if data_config is not None:
-        for field in ("num_layers", "mask_target_size", "num_classes"):
-            want, have = int(getattr(data_config, field)), int(metadata[field])
-            if want != have:
-                raise ValueError(f"{path}: the data has {field} = {have} but the config says "
-                                 f"{want}; convert again or fix config.data.{field}")
-    return metadata
-
-
 def _host_files(metadata: dict, directory: str, split: str) -> tuple[list[str], list[int]]:
     """This host's shard files and their example counts."""
     import jax
 
-    splits = metadata.get("splits", {})
-    if split not in splits:
-        raise ValueError(f"{directory}/metadata.json: no split {split!r} "
-                         f"(have {sorted(splits)})")
-    files, counts = splits[split]["files"], splits[split]["examples_per_file"]
+    files, counts = split_files(metadata, directory, split)
     host, hosts = jax.process_index(), jax.process_count()
     if len(files) < hosts:
         raise ValueError(f"{directory}: split {split!r} has {len(files)} shard files for "
                          f"{hosts} hosts; convert with --num_shards >= {hosts}")
-    paths = [os.path.join(directory, name) for name in files[host::hosts]]
-    return paths, list(counts[host::hosts])
+    return files[host::hosts], counts[host::hosts]
 
 
 def _jitter_boxes(boxes, layer_crops, semdist_crops, draw, jitter: float, height, width):
@@ -159,17 +117,13 @@ def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
     s, m, k = image_size, max_instances, num_layers
     image = features["image"]
     orig_h, orig_w = tf.shape(image)[0], tf.shape(image)[1]
-    scale = tf.cast(s, tf.float32) / tf.cast(tf.maximum(orig_h, orig_w), tf.float32)
-    new_h = tf.clip_by_value(tf.cast(tf.round(tf.cast(orig_h, tf.float32) * scale), tf.int32),
-                             1, s)
-    new_w = tf.clip_by_value(tf.cast(tf.round(tf.cast(orig_w, tf.float32) * scale), tf.int32),
-                             1, s)
+    scale, new_h, new_w = canvas.content_size_tf(orig_h, orig_w, s)
     image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
     global_layers = tf.image.resize(features["global_layers"][:, :, None], [new_h, new_w],
                                     method="nearest")[:, :, 0]
     image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
     global_layers = tf.cond(flip, lambda: global_layers[:, ::-1], lambda: global_layers)
-    image = (image / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    image = (image / 255.0 - tf.constant(canvas.IMAGENET_MEAN)) / tf.constant(canvas.IMAGENET_STD)
     image = tf.pad(image, [[0, s - new_h], [0, s - new_w], [0, 0]])
     global_layers = tf.pad(tf.cast(global_layers, tf.int8), [[0, s - new_h], [0, s - new_w]])
 

@@ -2,9 +2,13 @@
 
   python -m sln_jax.main --config configs/synthetic.py --workdir DIR \\
       [--mode train|evaluate|train_and_evaluate] [--config.train.num_steps=100 ...]
+  python -m sln_jax.main --workdir DIR --mode evaluate
 
-Any config field can be overridden as ``--config.<path>=<value>``. A run resumes from the latest
-checkpoint in ``--workdir`` automatically. ``train_and_evaluate`` (the default) ends with the
+Any config field can be overridden as ``--config.<path>=<value>``. Without ``--config`` the run
+uses the config saved in ``--workdir`` (``WORKDIR/config.json``, written when training
+starts), so a trained workdir is evaluated (or resumed) as it was trained. A run resumes from
+the latest checkpoint in ``--workdir`` automatically; its config must fit the checkpoint
+(``sln_jax.checkpoints.check_compatible``). ``train_and_evaluate`` (the default) ends with the
 evaluation of the final state on the val split, written to ``WORKDIR/metrics.json``,
 ``WORKDIR/results_val.json`` and ``WORKDIR/pictures/``.
 
@@ -20,21 +24,29 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import runtime, train
+from sln_jax import checkpoints, runtime, train, train_state
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and outputs.")
-flags.DEFINE_enum(
-    "mode",
-    "train_and_evaluate",
-    ["train", "evaluate", "train_and_evaluate"],
-    "train: train only; evaluate: evaluate the latest checkpoint; train_and_evaluate: both.",
-)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed.")
-flags.DEFINE_integer("num_processes", None, "Number of processes for jax.distributed.")
-flags.DEFINE_integer("process_id", None, "This process's index for jax.distributed.")
-config_flags.DEFINE_config_file("config", None, "The run's config file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+    """The CLI's flags (defined when run as a program, so importing defines nothing)."""
+    flags.DEFINE_string("workdir", None,
+                        "Directory for checkpoints, TensorBoard events and outputs.")
+    flags.DEFINE_enum(
+        "mode",
+        "train_and_evaluate",
+        ["train", "evaluate", "train_and_evaluate"],
+        "train: train only; evaluate: evaluate the latest checkpoint; train_and_evaluate: both.",
+    )
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0 for jax.distributed.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes for jax.distributed.")
+    flags.DEFINE_integer("process_id", None, "This process's index for jax.distributed.")
+    config_flags.DEFINE_config_file(
+        "config", None, "The run's config file (configs/*.py); default: the config saved in "
+        "--workdir by its training run.", lock_config=True)
+    flags.mark_flags_as_required(["workdir"])
 
 
 def run(config, workdir: str, mode: str) -> dict[str, float] | None:
@@ -59,8 +71,9 @@ def main(argv: list[str]) -> None:
     runtime.configure_cpu()  # before JAX starts a backend
     # tf.data only: keep TensorFlow off any accelerator that JAX should own.
     tf.config.set_visible_devices([], "GPU")
+    train_state.use_classic_prng()
     train.quiet_library_logs()
-    config = FLAGS.config
+    config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
     if FLAGS.coordinator_address is not None:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
@@ -81,4 +94,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,4 +1,8 @@
-"""Training and evaluation of SLN: TrainState, optimizer, train/eval steps, the loop.
+"""Training of SLN: the train / eval steps, the loop, and evaluation on the val split.
+
+The state and optimizer live in ``sln_jax.train_state``, checkpoints in
+``sln_jax.checkpoints``, the metrics in ``sln_jax.evaluation``, pictures in
+``sln_jax.visualize``; this module only uses them (nothing imports it but ``main``).
 
 Parallelism: one ``jax.jit`` over a 1-D device ``Mesh`` named ``'data'`` that spans every
 device of every process. Batches are global arrays sharded on their leading (image) axis with
@@ -24,11 +28,7 @@ Config fields owned here (see ``configs/synthetic.py`` for a complete example):
   the device count), ``log_every`` (steps between progress lines / TensorBoard points),
   ``frozen`` (tuple of regex patterns over parameter paths such as ``'^backbone/'``; matching
   parameters are not trained, see ``sln_jax.frozen``; absent = ()).
-* ``config.optim``: ``name`` ('sgd' | 'adamw'), ``learning_rate``, ``momentum`` (sgd),
-  ``b1``, ``b2`` (adamw), ``weight_decay`` (kernels only: norms and biases are excluded),
-  ``schedule`` ('cosine' | 'step' | 'constant'), ``warmup_steps``, ``warmup_factor`` (lr at
-  step 0 = factor * learning_rate), ``decay_at`` (fractions of num_steps, 'step' schedule),
-  ``decay_factor`` ('step' schedule), ``clip_norm`` (global gradient norm).
+* ``config.optim``: see ``sln_jax.train_state``.
 * ``config.eval``: ``every_steps`` (0 = only at the end), ``batch_size`` (global),
   ``gt_json`` (val annotations; '' = the one recorded in the dataset's metadata.json),
   ``format`` ('coco' | 'cocoa'), ``num_pictures`` (val predictions drawn at the end).
@@ -44,7 +44,6 @@ import os
 import time
 from typing import Any, Callable
 
-import cv2
 import flax
 import jax
 import jax.numpy as jnp
@@ -57,25 +56,20 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sln_jax import evaluation, frozen as frozen_params, input_pipeline, losses
-from sln_jax.models import postprocess, pretrained, sln, torchvision_import
+from sln_jax import frozen as frozen_params
+from sln_jax import (atomic, canvas, checkpoints, evaluation, input_pipeline, losses, postprocess,
+                     records, visualize)
+from sln_jax.checkpoints import create_checkpoint_manager, restore_checkpoint, save_checkpoint
+from sln_jax.detections import Detections
+from sln_jax.models import sln
+from sln_jax.train_state import (DATA_AXIS, TrainState, create_mesh, create_optimizer,
+                                 create_train_state, load_pretrained_backbone)
 
 __all__ = [
-    "DATA_AXIS",
     "NonFiniteLossError",
-    "TrainState",
-    "create_mesh",
-    "create_learning_rate_schedule",
-    "weight_decay_mask",
-    "create_optimizer",
-    "create_train_state",
     "shard_batch",
     "train_step",
     "eval_step",
-    "create_checkpoint_manager",
-    "save_checkpoint",
-    "restore_checkpoint",
-    "load_checkpoint",
     "MetricWriter",
     "EvalResult",
     "write_evaluation",
@@ -85,236 +79,9 @@ __all__ = [
     "train_and_evaluate",
 ]
 
-DATA_AXIS = "data"
-CHECKPOINT_DIR = "checkpoints"
-
-PyTree = Any
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN or inf; the run stops without saving."""
-
-
-# --------------------------------------------------------------------------- state
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """Everything a training step reads and writes; a replicated pytree.
-
-    Attributes:
-      step: int32 [] number of updates applied so far.
-      params: the model's ``params`` collection (float32 leaves).
-      batch_stats: the model's frozen ``batch_stats`` collection (never updated).
-      opt_state: the optax state of ``tx``.
-      rng: uint32 [2] base PRNG key; step s samples with ``fold_in(rng, s)``.
-      apply_fn: the model's ``apply`` (static, not saved).
-      tx: the optax transformation (static, not saved).
-    """
-
-    step: jax.Array
-    params: PyTree
-    batch_stats: PyTree
-    opt_state: PyTree
-    rng: jax.Array
-    apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-    @property
-    def variables(self) -> dict[str, PyTree]:
-        """The variables dict ``{'params', 'batch_stats'}`` for ``apply_fn``."""
-        return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: every device of every host)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-# ---------------------------------------------------------------------- optimizer
-
-
-def create_learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
-    """Linear warmup to ``learning_rate``, then cosine, step or constant decay.
-
-    Args:
-      optim_config: ``config.optim`` (fields in the module docstring).
-      num_steps: total training steps; decay points are fractions of it.
-
-    Returns:
-      A function step (int32 []) -> learning rate (float32 []).
-    """
-    base = float(optim_config.learning_rate)
-    warmup_steps = int(optim_config.warmup_steps)
-    if not 0 <= warmup_steps <= num_steps:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must be in [0, num_steps={num_steps}]")
-    after_warmup = max(num_steps - warmup_steps, 1)
-    if optim_config.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(base, after_warmup)
-    elif optim_config.schedule == "step":
-        boundaries = {
-            int(round(f * num_steps)) - warmup_steps: float(optim_config.decay_factor)
-            for f in optim_config.decay_at
-        }
-        decay = optax.piecewise_constant_schedule(base, boundaries)
-    elif optim_config.schedule == "constant":
-        decay = optax.constant_schedule(base)
-    else:
-        raise ValueError(
-            f"optim.schedule={optim_config.schedule!r}: expected 'cosine', 'step' or 'constant'"
-        )
-    if warmup_steps == 0:
-        return decay
-    warmup = optax.linear_schedule(base * float(optim_config.warmup_factor), base, warmup_steps)
-    return optax.join_schedules([warmup, decay], [warmup_steps])
-
-
-def weight_decay_mask(params: PyTree) -> PyTree:
-    """True for the leaves weight decay applies to: conv / dense kernels (ndim > 1).
-
-    Norm scales and biases (named ``scale`` / ``bias``, 1-D) are excluded, as in the
-    reference (Detectron's WEIGHT_DECAY_NORM = 0 and no decay on biases in practice).
-
-    Args:
-      params: a pytree of arrays (nested dicts of a Flax ``params`` collection).
-
-    Returns:
-      The same structure with bool leaves.
-    """
-
-    def decays(path, leaf) -> bool:
-        name = getattr(path[-1], "key", None)
-        return name not in ("bias", "scale") and jnp.ndim(leaf) > 1
-
-    return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def create_optimizer(optim_config, num_steps: int, frozen: tuple[str, ...] = ()
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain: clip by global norm, then SGD-momentum with decoupled-mask L2, or AdamW.
-
-    SGD adds ``weight_decay * param`` to the clipped gradient of the masked leaves (PyTorch /
-    Detectron semantics); AdamW decays the same leaves in its decoupled way.
-
-    Args:
-      optim_config: ``config.optim``.
-      num_steps: total training steps (for the schedule).
-      frozen: ``config.train.frozen`` path patterns; the chain runs on the other leaves only
-        (``sln_jax.frozen.freeze``: no state, no decay, not in the clipping norm).
-
-    Returns:
-      (tx, schedule): the transformation and its learning-rate schedule.
-    """
-    schedule = create_learning_rate_schedule(optim_config, num_steps)
-    clip = optax.clip_by_global_norm(float(optim_config.clip_norm))
-    if optim_config.name == "sgd":
-        tx = optax.chain(
-            clip,
-            optax.add_decayed_weights(float(optim_config.weight_decay), mask=weight_decay_mask),
-            optax.sgd(schedule, momentum=float(optim_config.momentum)),
-        )
-    elif optim_config.name == "adamw":
-        tx = optax.chain(
-            clip,
-            optax.adamw(
-                schedule,
-                b1=float(optim_config.b1),
-                b2=float(optim_config.b2),
-                weight_decay=float(optim_config.weight_decay),
-                mask=weight_decay_mask,
-            ),
-        )
-    else:
-        raise ValueError(f"optim.name={optim_config.name!r}: expected 'sgd' or 'adamw'")
-    return frozen_params.freeze(tx, tuple(frozen)), schedule
-
-
-def create_train_state(
-    model: flax.linen.Module,
-    tx: optax.GradientTransformation,
-    seed: int,
-    image_shape: tuple[int, ...],
-    mesh: Mesh,
-) -> TrainState:
-    """Initialises the model and optimizer directly into replicated device arrays.
-
-    Initialisation runs inside ``jit`` with a replicated output sharding, so every host gets
-    the same values without any host-to-device broadcast.
-
-    Args:
-      model: a Flax module with ``__call__(images, gt, train)`` whose ``train=False`` call
-        creates every variable (``params``, optional ``batch_stats``).
-      tx: the optimizer.
-      seed: parameter init uses a key split from ``PRNGKey(seed)``, sampling another.
-      image_shape: (B, S, S, 3) of the images; only the shape matters.
-      mesh: the device mesh.
-
-    Returns:
-      A TrainState at step 0, replicated over ``mesh``.
-    """
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
-
-    def init() -> TrainState:
-        variables = model.init(init_key, jnp.zeros(image_shape, jnp.float32), None, train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            rng=state_key,
-            apply_fn=model.apply,
-            tx=tx,
-        )
-
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
-
-
-def load_pretrained_backbone(state: TrainState, path: str, mesh: Mesh,
-                             prefix: tuple[str, ...] = ("backbone",),
-                             maskrcnn: bool = False) -> TrainState:
-    """The state with its backbone weights loaded from a torchvision-layout ResNet file
-    (or, with ``maskrcnn``, every weight a torchvision Mask R-CNN file provides).
-
-    Every process reads the same file and builds the same replicated arrays, so this works
-    on several hosts without a broadcast. The optimizer state is kept: at step 0 it does
-    not depend on the parameter values.
-
-    Args:
-      state: a replicated step-0 TrainState (``create_train_state``).
-      path: ``.npz`` or ``.safetensors`` (``sln_jax.models.pretrained``).
-      mesh: the device mesh.
-      prefix: path of the ResNet inside ``params`` and ``batch_stats``.
-      maskrcnn: ``path`` is a torchvision ``maskrcnn_resnet50_fpn`` state dict
-        (``sln_jax.models.torchvision_import``; ``prefix`` is not used).
-
-    Returns:
-      The TrainState with new ``params`` and ``batch_stats``, replicated over ``mesh``.
-
-    Raises:
-      ValueError: naming the file when it cannot be read or does not fit the backbone.
-    """
-    def local(tree):
-        # A replicated array holds the whole value on each of this host's devices.
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-    current = {"params": local(state.params), "batch_stats": local(state.batch_stats)}
-    if maskrcnn:
-        variables, report = torchvision_import.load_torchvision_maskrcnn(path, current)
-        logging.info("Mask R-CNN weights: %d tensors loaded, %d partly (GLM inputs kept), "
-                     "%d class-specific re-initialised, %d kept (no counterpart), %d file "
-                     "keys unused", *(len(report[k]) for k in (
-                         "loaded", "partial", "reinitialised", "kept", "unused")))
-    else:
-        variables = pretrained.load_torchvision_resnet(path, current, prefix=prefix)
-    replicated = NamedSharding(mesh, P())
-
-    def put(tree):
-        return jax.tree.map(lambda x: jax.make_array_from_callback(
-            x.shape, replicated, lambda index: x[index]), tree)
-
-    return state.replace(params=put(variables["params"]),
-                         batch_stats=put(variables["batch_stats"]))
 
 
 # -------------------------------------------------------------------------- steps
@@ -363,7 +130,7 @@ def train_step(
 
     Returns:
       (new state, metrics): metrics hold every loss term, ``loss/total``,
-      ``grad_norm`` (of the trainable parameters, before clipping) and ``finite`` (1.0 when loss and gradients are finite).
+      ``grad_norm`` (before clipping) and ``finite`` (1.0 when loss and gradients are finite).
     """
     rng = jax.random.fold_in(state.rng, state.step)
 
@@ -421,96 +188,6 @@ def jit_eval_step(mesh: Mesh):
     """``eval_step`` compiled with a replicated state and data-sharded images and outputs."""
     data = NamedSharding(mesh, P(DATA_AXIS))
     return jax.jit(eval_step, in_shardings=(NamedSharding(mesh, P()), data), out_shardings=data)
-
-
-# -------------------------------------------------------------------- checkpoints
-
-
-def create_checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager in ``WORKDIR/checkpoints`` keeping the last k checkpoints.
-
-    The loop decides when to save (every ``checkpoint.every_steps`` and at the end). Orbax
-    writes each step to a temporary directory and renames it when complete, so a crash never
-    leaves a half-written checkpoint that a restart would pick up.
-    """
-    options = ocp.CheckpointManagerOptions(max_to_keep=int(checkpoint_config.keep), create=True)
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-        options=options,
-        item_names=("state", "config"),
-    )
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, config) -> None:
-    """Starts saving ``state`` (and the config as JSON) at step ``state.step``.
-
-    Orbax finishes the write in the background; ``manager.wait_until_finished()`` (or
-    ``close()``) waits for it.
-    """
-    manager.save(
-        int(state.step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(json.loads(config.to_json())),
-        ),
-        force=True,
-    )
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """Returns the latest checkpoint restored into ``state``'s structure and shardings, or ``state``
-    itself when the directory holds none."""
-    step = manager.latest_step()
-    if step is None:
-        return state
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    return restored["state"]
-
-
-def load_checkpoint(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """Reads a checkpoint without a model, onto this process's first device: for inference.
-
-    Works whatever topology saved it (e.g. trained on 8 devices or 2 hosts, loaded on 1 CPU):
-    the arrays are restored with the shapes and dtypes recorded in the checkpoint.
-
-    Args:
-      workdir: the training workdir (checkpoints live in ``WORKDIR/checkpoints``).
-      step: which step; default the latest.
-
-    Returns:
-      ``{'step': int, 'params': pytree, 'batch_stats': pytree, 'config': dict}`` with jax
-      arrays on ``jax.local_devices()[0]``.
-
-    Raises:
-      FileNotFoundError: when the workdir has no checkpoint.
-    """
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_handlers=handlers
-    ) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}: train first (sln_jax.main)")
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-            manager.item_metadata(step)["state"],
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()),
-        )
-    state = restored["state"]
-    return {
-        "step": int(step),
-        "params": state["params"],
-        "batch_stats": state["batch_stats"],
-        "config": restored["config"],
-    }
 
 
 # ------------------------------------------------------------------------ metrics
@@ -594,24 +271,11 @@ class EvalResult:
     pictures: list[tuple[np.ndarray, list[dict[str, Any]]]]
 
 
-def _gather_json(obj: Any) -> list[Any]:
-    """Every process's JSON-serialisable ``obj``, in process order."""
-    if jax.process_count() == 1:
-        return [obj]
-    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-    sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size], np.int64)))
-    sizes = sizes.reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: data.size] = data
-    gathered = np.asarray(multihost_utils.process_allgather(padded))
-    return [json.loads(bytes(gathered[i, : sizes[i]])) for i in range(len(sizes))]
-
-
 def _eval_gt_json(config) -> str:
     """The val annotations: ``config.eval.gt_json``, else the path the converter recorded."""
     if config.eval.gt_json:
         return config.eval.gt_json
-    metadata = input_pipeline.read_metadata(config.data.dir)
+    metadata = records.read_metadata(config.data.dir)
     split = metadata["splits"].get(config.data.eval_split)
     if split is None or not split.get("annotations"):
         raise ValueError(
@@ -621,28 +285,16 @@ def _eval_gt_json(config) -> str:
     return split["annotations"]
 
 
-def _canvas_to_image(image: np.ndarray, image_size: np.ndarray, orig_size: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] original-size RGB from a normalized float32 [S, S, 3] canvas."""
-    h, w = (int(v) for v in image_size)
-    mean = np.asarray(input_pipeline.IMAGENET_MEAN, np.float32)
-    std = np.asarray(input_pipeline.IMAGENET_STD, np.float32)
-    rgb = np.clip((image[:h, :w] * std + mean) * 255.0, 0, 255).astype(np.uint8)
-    oh, ow = (int(v) for v in orig_size)
-    return np.asarray(cv2.resize(rgb, (ow, oh), interpolation=cv2.INTER_LINEAR))
-
-
 def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None) -> None:
     """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only)."""
-    from sln_jax import infer
-
     if jax.process_index() != 0:
         return
     evaluation.write_metrics(os.path.join(workdir, "metrics.json"), result.metrics)
-    infer.write_json_atomic(os.path.join(workdir, "results_val.json"), result.results)
+    atomic.write_json(os.path.join(workdir, "results_val.json"), result.results)
     for index, (image, instances) in enumerate(result.pictures):
-        infer.write_png_atomic(
+        atomic.write_png(
             os.path.join(workdir, "pictures", f"val_{index:02d}.png"),
-            infer.draw_picture(image, instances, class_names),
+            visualize.draw_picture(image, instances, class_names),
         )
 
 
@@ -664,6 +316,19 @@ def _batch_dims(global_batch: int, mesh: Mesh, what: str) -> tuple[int, int]:
     return len(mesh.local_devices), global_batch // mesh.size
 
 
+def check_shared_fields(config) -> None:
+    """Raises when ``config.model`` and ``config.data`` disagree on K or the class count.
+
+    The configs link them (``FieldReference``, ``configs/base.py``); a config built another
+    way could still set them apart, and the model would then train on targets of another K.
+    """
+    for field in ("num_layers", "num_classes"):
+        model, data = int(config.model[field]), int(config.data[field])
+        if model != data:
+            raise ValueError(f"config.model.{field} = {model} but config.data.{field} = {data}: "
+                             f"the records' {field} is config.data.{field}; set that one")
+
+
 class Trainer:
     """One run's model, optimizer and compiled steps, built once from its config.
 
@@ -679,6 +344,7 @@ class Trainer:
     """
 
     def __init__(self, config, mesh: Mesh | None = None):
+        check_shared_fields(config)
         sln.check_config(config.model)
         self.config = config
         self.mesh = create_mesh() if mesh is None else mesh
@@ -740,12 +406,17 @@ class Trainer:
           NonFiniteLossError: when a step's loss or gradient norm is NaN / inf.
         """
         config = self.config
+        # K, P and the class count of the records must be the config's: fail before any work.
+        records.read_metadata(config.data.dir, config.data)
         os.makedirs(workdir, exist_ok=True)
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json(indent=2))
         manager = create_checkpoint_manager(workdir, config.checkpoint)
         fresh = manager.latest_step() is None
+        if not fresh:
+            checkpoints.check_compatible(config, checkpoints.saved_config(manager),
+                                         manager.directory)
+        if jax.process_index() == 0:
+            atomic.write_json(os.path.join(workdir, checkpoints.CONFIG_FILE),
+                              json.loads(config.to_json()), indent=2)
         state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=fresh))
         logging.info("%s", frozen_params.describe(state.params, self.frozen))
         start_step = int(state.step)
@@ -815,8 +486,8 @@ class Trainer:
         """One pass over the val split: detections -> COCO results -> metrics.
 
         Every process runs the model on its shard of the split (padding images skipped),
-        turns the fixed-size detections into COCO results on the host, and the results of
-        all processes are gathered before scoring.
+        turns the fixed-size detections into ``Detections`` on the host and feeds them to an
+        ``evaluation.Evaluator``, which gathers those of all processes before scoring.
 
         Args:
           state: the replicated TrainState.
@@ -830,7 +501,7 @@ class Trainer:
             train=False,
             seed=int(config.seed),
         )
-        results: list[dict[str, Any]] = []
+        evaluator = evaluation.Evaluator(_eval_gt_json(config), config.eval.format)
         pictures: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
         for host_batch in batches:
             images = shard_batch({"image": host_batch["image"]}, self.mesh)["image"]
@@ -846,13 +517,15 @@ class Trainer:
                     meta["orig_size"][i],
                     config.model,
                 )
-                results.extend(postprocess.to_coco_results(instances, int(meta["image_id"][i])))
+                height, width = (int(v) for v in meta["orig_size"][i])
+                evaluator.add(int(meta["image_id"][i]),
+                              Detections.from_instances(instances, height, width))
                 if len(pictures) < num_pictures:
-                    image = _canvas_to_image(meta["image"][i], meta["image_size"][i], meta["orig_size"][i])
+                    image = canvas.canvas_to_image(meta["image"][i], meta["image_size"][i],
+                                                   meta["orig_size"][i])
                     pictures.append((image, instances))
-        results = [r for per_process in _gather_json(results) for r in per_process]
-        metrics = evaluation.evaluate(_eval_gt_json(config), results, config.eval.format)
-        return EvalResult({k: float(v) for k, v in metrics.items()}, results, pictures)
+        evaluator.gather()
+        return EvalResult(evaluator.compute(), evaluator.results(), pictures)
 
     def evaluate(self, workdir: str, state: TrainState | None = None) -> dict[str, float]:
         """Evaluates ``state`` (default: the latest checkpoint in ``workdir``) and writes outputs.
@@ -871,11 +544,13 @@ class Trainer:
             manager = create_checkpoint_manager(workdir, self.config.checkpoint)
             if manager.latest_step() is None:
                 raise FileNotFoundError(f"no checkpoint in {manager.directory}: train first")
+            checkpoints.check_compatible(self.config, checkpoints.saved_config(manager),
+                                         manager.directory)
             state = restore_checkpoint(manager, self.initial_state(pretrained_backbone=False))
             manager.close()
         step = int(state.step)
         result = self.evaluate_state(state, num_pictures=int(self.config.eval.num_pictures))
-        metadata = input_pipeline.read_metadata(self.config.data.dir)
+        metadata = records.read_metadata(self.config.data.dir)
         class_names = {int(k): str(v) for k, v in metadata.get("classes", {}).items()}
         write_evaluation(workdir, result, class_names)
         writer = MetricWriter(workdir)

@@ -6,6 +6,8 @@
 * ``depth_order_graph`` draws who is in front of whom on a matplotlib axis.
 * ``save_scene_preview`` writes one PNG: the image, the drawn instances, the global layering
   map, the depth-order graph and each instance's sem-dist map (cropped to its box).
+* ``draw_picture`` is the picture of one image's predictions (training's val pictures and
+  inference): the image with its detections beside their depth-order graph.
 
 Matplotlib is used through ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), so it
 never needs a screen and is safe in worker threads.
@@ -14,17 +16,18 @@ never needs a screen and is safe in worker threads.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 
-from sln_jax import layering, semdist
+from sln_jax import depth_order, layering, semdist
 
 __all__ = ["instance_colors", "draw_instances", "draw_instances_enlarged", "depth_order_graph",
-           "level_colormap", "show_global_layers", "save_scene_preview"]
+           "level_colormap", "show_global_layers", "save_scene_preview", "picture_size",
+           "draw_picture", "PICTURE_MIN_SCORE"]
 
 # Distinct, saturated colors (matplotlib's tab10 then tab20's lighter shades), cycled.
 _PALETTE = np.array([
@@ -335,3 +338,127 @@ def save_scene_preview(path: str, image: np.ndarray, amodal: np.ndarray,
         bar.set_label("sem-dist (K - layer + distance)", fontsize=8)
         bar.ax.tick_params(labelsize=8)
     fig.savefig(path, format="png")
+
+
+# Pictures are drawn at a legible size: small images are enlarged by an integer factor until
+# their longer side reaches PICTURE_MIN_SIDE, large ones shrunk to PICTURE_MAX_SIDE.
+PICTURE_MIN_SIDE = 384
+PICTURE_MAX_SIDE = 1600
+# The depth-order graph panel to the right of the image: at least this tall, this wide,
+# and wide enough for a row of every detection's node.
+GRAPH_MIN_HEIGHT = 320
+GRAPH_WIDTH_RANGE = (300, 960)
+GRAPH_NODE_WIDTH = 36
+
+
+def picture_size(height: int, width: int, num_detections: int = 0
+                 ) -> tuple[int, int, int, int]:
+    """Layout of ``draw_picture``'s output for an image of size (height, width).
+
+    Args:
+      height, width: the image's size.
+      num_detections: how many detections the graph panel shows.
+
+    Returns:
+      (picture height, picture width, drawn image height, drawn image width): the drawn
+      image sits in the top-left corner, the depth-order graph panel to its right.
+    """
+    longest = max(height, width)
+    if longest < PICTURE_MIN_SIDE:
+        scale = float(-(-PICTURE_MIN_SIDE // longest))
+    else:
+        scale = min(1.0, PICTURE_MAX_SIDE / longest)
+    drawn_h = max(1, int(round(height * scale)))
+    drawn_w = max(1, int(round(width * scale)))
+    total_h = max(drawn_h, GRAPH_MIN_HEIGHT)
+    graph_w = int(np.clip(max(0.6 * total_h, GRAPH_NODE_WIDTH * (num_detections + 2)),
+                          *GRAPH_WIDTH_RANGE))
+    return total_h, drawn_w + graph_w, drawn_h, drawn_w
+
+
+def _resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """bool [N, height, width] nearest-neighbour resize of bool [N, H, W] masks."""
+    if masks.shape[1:] == (height, width):
+        return masks
+    return np.stack([cv2.resize(m.astype(np.uint8), (width, height),
+                                interpolation=cv2.INTER_NEAREST).astype(bool) for m in masks]
+                    ) if len(masks) else np.zeros((0, height, width), bool)
+
+
+def _render_graph(order: np.ndarray, height: int, width: int, caption: str) -> np.ndarray:
+    """uint8 [height, width, 3] picture of the depth-order graph (matplotlib, Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    dpi = 100
+    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(figure)
+    axis = figure.add_axes((0.04, 0.2, 0.92, 0.72))
+    # Nodes carry the detection index and color of the tags in the picture, which also
+    # name the class; class names under the nodes would collide when a row is full.
+    depth_order_graph(axis, order)
+    figure.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=8, color="0.25")
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[:, :, :3]
+    if pixels.shape[:2] != (height, width):
+        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(pixels)
+
+
+PICTURE_MIN_SCORE = 0.5
+
+
+def _confident(instances: Sequence[dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
+    """The instances scoring >= min_score, their depth_order re-indexed to the kept list."""
+    keep = [i for i, d in enumerate(instances) if float(d["score"]) >= min_score]
+    new_index = {old: new for new, old in enumerate(keep)}
+    return [dict(instances[i], depth_order={
+        new_index[int(j)]: v for j, v in instances[i]["depth_order"].items()
+        if int(j) in new_index}) for i in keep]
+
+
+def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
+                 class_names: dict[int, str] | None = None,
+                 min_score: float = PICTURE_MIN_SCORE) -> np.ndarray:
+    """The picture of one image's detections, for a person to read.
+
+    Left: the image (enlarged when small, shrunk when huge; ``picture_size``) with each
+    detection's visible part filled translucently, its occluded part hatched, its amodal
+    outline, and a tag "index class score" (``sln_jax.visualize.draw_instances``). Right: the
+    depth-order graph, an arrow from each detection to the ones it is in front of.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      instances: the detections of ``Predictor.predict`` (``amodal``, ``visible`` bool
+        [H, W], ``category_id``, ``score``, ``depth_order``).
+      class_names: category id -> name (ids are shown otherwise).
+      min_score: only detections scoring at least this are drawn (results files keep the
+        low-scoring ones that COCO AP needs; a picture of them is unreadable). Tags and the
+        graph number the drawn detections 0, 1, ...
+
+    Returns:
+      uint8 [picture height, picture width, 3] RGB, sizes from ``picture_size(H, W, N)``
+      with N the number drawn.
+    """
+    instances = _confident(instances, min_score)
+    height, width = image.shape[:2]
+    total_h, total_w, drawn_h, drawn_w = picture_size(height, width, len(instances))
+    names = [(class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
+             for d in instances]
+    scores = [float(d["score"]) for d in instances]
+    empty = np.zeros((0, height, width), bool)
+    amodal = np.stack([d["amodal"] for d in instances]) if instances else empty
+    visible = np.stack([d["visible"] for d in instances]) if instances else empty
+    interpolation = cv2.INTER_NEAREST if drawn_h >= height else cv2.INTER_AREA
+    shown = cv2.resize(image, (drawn_w, drawn_h), interpolation=interpolation)
+    drawn = draw_instances(shown, _resize_masks(amodal, drawn_h, drawn_w),
+                           _resize_masks(visible, drawn_h, drawn_w),
+                           labels=names, scores=scores)
+    picture = np.full((total_h, total_w, 3), 255, np.uint8)
+    picture[:drawn_h, :drawn_w] = drawn
+    caption = (f"{len(instances)} detections with score >= {min_score:g}\n"
+               "fill: visible part, hatched: occluded part,\n"
+               "outline: amodal mask")
+    picture[:, drawn_w:] = _render_graph(depth_order.from_relations([d.get("depth_order") for d in instances]),
+                                         total_h,
+                                         total_w - drawn_w, caption)
+    return picture

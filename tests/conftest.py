@@ -18,6 +18,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
+# The entry points select the classic threefry PRNG (sln_jax.train_state.use_classic_prng);
+# tests that call the library directly, and their subprocesses, get it the same way.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+
 from xla_env import TEST_XLA_FLAGS  # noqa: E402
 
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):

@@ -9,7 +9,8 @@ import pytest
 import tqdm
 
 from amodal_files import assert_record_matches_scene, cocoa_samples, layered_scene, write_d2sa
-from data_prep import convert, d2sa, records
+from data_prep import convert, d2sa
+from sln_jax import records
 from data_prep.scene import load_scene
 from data_prep.targets import build_targets
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from sln_jax import evaluation
-from sln_jax.models import postprocess
+from sln_jax import postprocess
+from sln_jax.evaluation import ground_truth
+from sln_jax.evaluation import metrics as evaluation
+from sln_jax.evaluation import results as eval_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
@@ -186,8 +188,8 @@ def test_pair_records_and_accuracy_by_level():
     orders = [{"1": 1, "2": -1}, {"0": -1}, {"0": 1}]
     results = [{"image_id": 1, "category_id": 1, "segmentation": rle(m), "score": s,
                 "depth_order": o} for m, s, o in zip(masks, (.9, .8, .7), orders)]
-    images, categories = evaluation._load_coco_gt(gt, "gt")
-    dets = evaluation._load_results(results, images, "results")
+    images, categories = ground_truth.load_coco_gt(gt, "gt")
+    dets = eval_results.load_results(results, images, "results")
     variant = evaluation._evaluate_variant(images, dets, categories, "amodal", "coco")
     matches = evaluation._matched_pairs(variant, images)
     assert matches == [{0: 0, 1: 1, 2: 2}]

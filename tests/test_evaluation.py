@@ -18,8 +18,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from sln_jax import evaluation
+from sln_jax.evaluation import ground_truth, metrics
+from sln_jax.evaluation import results as results_lib
 
-STAT_NAMES = [s[0] for s in evaluation._COCO_STATS]
+STAT_NAMES = [s[0] for s in metrics._COCO_STATS]
 BIN_STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR1": 6, "AR10": 7, "AR100": 8}
 
 
@@ -122,9 +124,9 @@ def test_precision_and_recall_arrays_equal_cocoeval(seed, crowd_rate, tie_scores
     if not results:
         return
     reference = run_cocoeval(gt, results).eval
-    images, categories = evaluation._load_coco_gt(gt, "gt")
-    dets = evaluation._load_results(results, images, "results")
-    ours_ = evaluation._evaluate_variant(images, dets, categories, "amodal", "coco")
+    images, categories = ground_truth.load_coco_gt(gt, "gt")
+    dets = results_lib.load_results(results, images, "results")
+    ours_ = metrics._evaluate_variant(images, dets, categories, "amodal", "coco")
     # settings 0..3 are COCOeval's area ranges all / small / medium / large
     np.testing.assert_array_equal(ours_.precision[..., :4, :], reference["precision"])
     np.testing.assert_array_equal(ours_.recall[..., :4, :], reference["recall"])
@@ -133,7 +135,7 @@ def test_precision_and_recall_arrays_equal_cocoeval(seed, crowd_rate, tie_scores
 def test_small_matching_chunks_give_the_same_numbers(monkeypatch):
     gt, results = random_set(3, 0.3, True, True, 2)
     expected = evaluation.evaluate(gt, results)
-    monkeypatch.setattr(evaluation, "_CHUNK_ELEMENTS", 500)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 500)
     assert evaluation.evaluate(gt, results) == expected
     np.testing.assert_allclose(ours(expected), cocoeval_stats(gt, results), rtol=0, atol=1e-9)
 
@@ -426,14 +428,14 @@ def test_rle_validation_matches_reference_parser(seed, cut, char):
     h, w = (int(v) for v in rng.integers(1, 40, 2))
     mask = rng.random((h, w)) < rng.random()
     good = rle(mask)
-    evaluation._check_compressed_rles([good], ["good"].__getitem__)
+    ground_truth.check_compressed_rles([good], ["good"].__getitem__)
     counts = good["counts"]
     k = cut % (len(counts) + 1)
     for bad_counts in (counts[:k] + chr(char) + counts[k + 1:], counts[:k], counts + chr(char)):
         bad = dict(good, counts=bad_counts)
         expected = _reference_rle_ok(bad_counts, h * w)
         try:
-            evaluation._check_compressed_rles([good, bad], ["good", "bad"].__getitem__)
+            ground_truth.check_compressed_rles([good, bad], ["good", "bad"].__getitem__)
             ok = True
         except ValueError as e:
             assert "bad" in str(e)
@@ -491,3 +493,72 @@ def test_synthetic_dataset_gt_as_results_scores_perfect():
     assert m["amodal/AP"] == pytest.approx(1.0) and m["modal/AP"] == pytest.approx(1.0)
     assert m["occlusion/accuracy"] == 1.0 and m["occlusion/rate_mae"] == pytest.approx(0.0)
     assert m["order/pairs"] > 0 and m["order/accuracy"] == 1.0 and m["order/recall"] == 1.0
+
+
+# ------------------------------------------------------------- the in-process Evaluator
+
+
+def test_evaluator_equals_evaluate_on_its_results_json():
+    """Typed detections in, the same metrics as the results file out (no JSON round trip)."""
+    from sln_jax.detections import Detections
+
+    rng = np.random.default_rng(7)
+    images, anns, results = [], [], []
+    for image_id in (3, 5, 8):
+        h, w = 24, 32
+        images.append({"id": image_id, "height": h, "width": w, "file_name": f"{image_id}.png"})
+        for k in range(3):
+            amodal = np.zeros((h, w), bool)
+            y, x = rng.integers(0, 12), rng.integers(0, 16)
+            amodal[y:y + 10, x:x + 14] = True
+            visible = amodal.copy()
+            visible[y:y + 4] = False
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1 + k % 2,
+                         "segmentation": rle(amodal), "visible_mask": rle(visible),
+                         "area": float(amodal.sum()), "iscrowd": 0, "order": k,
+                         "occlude_rate": 1 - visible.sum() / amodal.sum(), "bbox": [x, y, 14, 10]})
+    gt = {"images": images, "annotations": anns,
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    evaluator = evaluation.Evaluator(gt)
+    for image_id in (3, 8):  # image 5 has no detections
+        instances = []
+        for k in range(4):
+            amodal = np.zeros((24, 32), bool)
+            y, x = rng.integers(0, 12), rng.integers(0, 16)
+            amodal[y:y + 9, x:x + 15] = True
+            visible = amodal & (rng.random((24, 32)) < 0.9)
+            instances.append({"box": (float(x), float(y), 15.0, 9.0), "score": float(rng.random()),
+                              "category_id": 1 + k % 2, "amodal": amodal, "visible": visible,
+                              "occlude_rate": float(1 - visible.sum() / amodal.sum()),
+                              "depth_order": {(k + 1) % 4: 1, (k + 3) % 4: -1}})
+        evaluator.add(image_id, Detections.from_instances(instances, 24, 32))
+    evaluator.gather()  # one process: nothing to gather
+    entries = evaluator.results()
+    assert evaluator.compute() == evaluation.evaluate(gt, entries)
+    assert evaluator.compute() == evaluation.evaluate(gt, json.loads(json.dumps(entries)))
+    with pytest.raises(ValueError, match="image_id 3: detections added twice"):
+        evaluator.add(3, Detections.from_instances([], 24, 32))
+    with pytest.raises(ValueError, match="image_id 4 is not in the GT"):
+        evaluator.add(4, Detections.from_instances([], 24, 32))
+    evaluator.reset()
+    assert evaluator.results() == [] and evaluator.compute() == evaluation.evaluate(gt, [])
+
+
+def test_detections_round_trip_through_results_json():
+    from sln_jax.detections import Detections
+
+    amodal = np.zeros((2, 6, 5), bool)
+    amodal[0, 1:4, 1:4] = amodal[1, 2:6, 2:5] = True
+    instances = [{"box": (1.0, 1.0, 3.0, 3.0), "score": 0.5, "category_id": 2,
+                  "amodal": amodal[0], "visible": amodal[0], "occlude_rate": 0.0,
+                  "depth_order": {1: 1}},
+                 {"box": (2.0, 2.0, 3.0, 4.0), "score": 0.25, "category_id": 1,
+                  "amodal": amodal[1], "visible": amodal[1] & ~amodal[0], "occlude_rate": 0.25,
+                  "depth_order": {0: -1}}]
+    from sln_jax import postprocess
+    det = Detections.from_instances(instances, 6, 5)
+    assert det.order.dtype == np.int8 and det.order.tolist() == [[0, 1], [-1, 0]]
+    entries = det.to_results(9)
+    assert entries == postprocess.to_coco_results(instances, 9)
+    again = Detections.from_results(json.loads(json.dumps(entries)), 6, 5)
+    assert again.to_results(9) == entries

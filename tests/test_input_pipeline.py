@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from amodal_files import layered_scene, write_d2sa
-from data_prep import convert, records
-from sln_jax import input_pipeline
+from data_prep import convert
+from sln_jax import canvas, input_pipeline, records
 
 K, P, S, M = 3, 10, 32, 3
 SIZES = [(48, 64), (40, 30), (48, 64), (36, 36), (48, 64), (20, 50)]
@@ -92,7 +92,7 @@ def _check_against_record(out, rec):
     assert out["scale"] == pytest.approx(scale)
     pixels = tf.io.decode_png(rec["image"], channels=3)
     resized = tf.image.resize(pixels, [nh, nw], antialias=True).numpy()
-    norm = (resized / 255.0 - input_pipeline.IMAGENET_MEAN) / input_pipeline.IMAGENET_STD
+    norm = (resized / 255.0 - canvas.IMAGENET_MEAN) / canvas.IMAGENET_STD
     np.testing.assert_allclose(out["image"][:nh, :nw], norm, atol=1e-5)
     assert not out["image"][nh:].any() and not out["image"][:, nw:].any()
     gl = tf.image.resize(rec["global_layers"][:, :, None], [nh, nw], method="nearest")
@@ -232,14 +232,14 @@ def test_host_sharding(data_dir, monkeypatch):
 
 
 def test_read_metadata_checks_the_config(data_dir, tmp_path):
-    meta = input_pipeline.read_metadata(data_dir, _config(data_dir))
+    meta = records.read_metadata(data_dir, _config(data_dir))
     assert (meta["num_layers"], meta["mask_target_size"], meta["num_classes"]) == (K, P, 3)
-    with pytest.raises(ValueError, match="the data has num_layers = 3 but the config says 4"):
-        input_pipeline.read_metadata(data_dir, _config(data_dir, num_layers=4))
+    with pytest.raises(ValueError, match="the records have num_layers = 3 but the config says 4"):
+        records.read_metadata(data_dir, _config(data_dir, num_layers=4))
     with pytest.raises(ValueError, match="num_classes = 3 but the config says 80"):
-        input_pipeline.read_metadata(data_dir, _config(data_dir, num_classes=80))
+        records.read_metadata(data_dir, _config(data_dir, num_classes=80))
     with pytest.raises(FileNotFoundError, match="convert the dataset first"):
-        input_pipeline.read_metadata(str(tmp_path))
+        records.read_metadata(str(tmp_path))
     with pytest.raises(ValueError, match="no split 'test'"):
         input_pipeline.create_dataset(_config(data_dir), "test", batch_dims=(1, 1),
                                       train=False, seed=0)

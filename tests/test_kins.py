@@ -10,7 +10,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from amodal_files import assert_record_matches_scene, edit_json, rle, truncate_file
-from data_prep import convert, kins, records
+from data_prep import convert, kins
+from sln_jax import records
 from data_prep.scene import DataError, load_scene
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kins")

@@ -172,3 +172,31 @@ def test_paste_window_equals_paste_inside_and_handles_outside_boxes():
     assert layering.paste_window(maps[3], boxes[3], (12, 16))[2].size == 0
     with pytest.raises(ValueError, match=r"roi_map must be \[R, R\(, C\)\]"):
         layering.paste_window(np.zeros((3, 4)), boxes[0], (12, 16))
+
+
+# ------------------------------------------------------- sln_jax.depth_order (one builder)
+
+
+def test_depth_order_relations_round_trip_and_lenient_keys():
+    from sln_jax import depth_order
+
+    order = np.array([[0, 1, -1], [-1, 0, 0], [1, 0, 0]], np.int8)
+    relations = depth_order.to_relations(order)
+    assert relations == [{1: 1, 2: -1}, {0: -1}, {0: 1}]
+    np.testing.assert_array_equal(depth_order.from_relations(relations), order)
+    # JSON keys are strings; unknown keys, self-references and missing dicts say nothing.
+    loose = [{"1": 3, "2": -0.5, "x": 1, "0": 1, "7": 1}, {0: -1}, {"0": 2}]
+    assert not depth_order.from_relations([None, {0: 1}])[0].any()
+    np.testing.assert_array_equal(depth_order.from_relations(loose), order)
+
+
+def test_depth_order_from_masks_agrees_with_the_rank():
+    from sln_jax import depth_order
+
+    amodal = np.zeros((3, 8, 8), bool)
+    amodal[0, :5, :5] = amodal[1, 2:7, 2:7] = amodal[2, 5:, 5:] = True
+    rank = np.array([1, 0, 2])
+    layers = layering.instance_layers(amodal, rank)
+    visible = layers == 0
+    np.testing.assert_array_equal(depth_order.from_masks(amodal, visible),
+                                  depth_order.from_rank(amodal, rank))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sln_jax import main, train
+from sln_jax import checkpoints, main, train
 from tiny_dataset import REPO, TINY_CONFIG, load_tiny_config, make_tiny_dataset
 from xla_env import subprocess_env
 
@@ -29,10 +29,12 @@ REQUIRED_METRICS = [
 RESULT_KEYS = {"image_id", "category_id", "score", "bbox", "segmentation", "visible_mask", "occlude_rate", "depth_order"}
 
 
-def run_main(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: int = 1500, config: str | None = TINY_CONFIG
+             ) -> subprocess.CompletedProcess:
     env = dict(subprocess_env(), PYTHONPATH=REPO)
+    config_args = ["--config", config] if config else []
     return subprocess.run(
-        [sys.executable, "-m", "sln_jax.main", "--config", TINY_CONFIG, *args],
+        [sys.executable, "-m", "sln_jax.main", *config_args, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -70,7 +72,7 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["train"]["num_steps"] == 2 and saved["optim"]["learning_rate"] == 0.001
     assert saved["data"]["dir"] == records
-    checkpoint = train.load_checkpoint(str(workdir))
+    checkpoint = checkpoints.load_checkpoint(str(workdir))
     assert checkpoint["step"] == 2 and checkpoint["config"] == saved
     assert "step 2/2" in result.stderr
     metrics = json.loads((workdir / "metrics.json").read_text())
@@ -88,4 +90,8 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
                      "--config.optim.learning_rate=0.001", "--mode=evaluate")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Evaluation at step 2" in again.stderr
+    assert json.loads((workdir / "metrics.json").read_text()) == metrics
+    # Without --config the workdir's saved config serves: its records and val annotations.
+    saved_run = run_main(f"--workdir={workdir}", "--mode=evaluate", config=None)
+    assert saved_run.returncode == 0, saved_run.stderr[-3000:]
     assert json.loads((workdir / "metrics.json").read_text()) == metrics

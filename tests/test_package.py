@@ -13,9 +13,20 @@ def _run(code: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_threefry_flag_set_whether_or_not_jax_was_imported_first():
-    assert _run("import sln_jax, jax; print(jax.config.jax_threefry_partitionable)") == "False"
-    assert _run("import jax, sln_jax; print(jax.config.jax_threefry_partitionable)") == "False"
+def test_importing_the_package_leaves_the_prng_setting_alone():
+    default = _run("import jax; print(jax.config.jax_threefry_partitionable)")
+    code = ("import jax, sln_jax, sln_jax.train, sln_jax.infer, sln_jax.main; "
+            "print(jax.config.jax_threefry_partitionable)")
+    assert _run(code) == default
+    assert _run("import jax; from sln_jax import train_state; "
+                "train_state.use_classic_prng(); "
+                "print(jax.config.jax_threefry_partitionable)") == "False"
+
+
+def test_entry_points_select_the_classic_prng():
+    for path in ("sln_jax/main.py", "sln_jax/demo.py", "sln_jax/infer.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            assert "train_state.use_classic_prng()" in f.read(), path
 
 
 def test_conversion_imports_neither_jax_nor_tensorflow():

@@ -7,7 +7,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from model_test_config import model_config
-from sln_jax.models import postprocess
+from sln_jax import postprocess
 
 R, K = 8, 3
 

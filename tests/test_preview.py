@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from amodal_files import layered_scene, write_d2sa
-from data_prep import convert, preview, records, tfrecord
+from data_prep import convert, preview
+from sln_jax import depth_order, records, tfrecord
 from data_prep.scene import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,10 +58,10 @@ def test_runs_without_tensorflow(converted, tmp_path):
 def test_order_graph_from_rank():
     amodal = np.zeros((3, 8, 8), bool)
     amodal[0, :4, :4] = amodal[1, 2:6, 2:6] = amodal[2, 6:, 6:] = True  # 2 touches nobody
-    graph = preview.order_graph(amodal, np.array([1, 0, 2]))
+    graph = depth_order.from_rank(amodal, np.array([1, 0, 2]))
     np.testing.assert_array_equal(graph, [[0, -1, 0], [1, 0, 0], [0, 0, 0]])
     assert graph.dtype == np.int8
-    assert preview.order_graph(np.zeros((0, 8, 8), bool), np.zeros(0)).shape == (0, 0)
+    assert depth_order.from_rank(np.zeros((0, 8, 8), bool), np.zeros(0)).shape == (0, 0)
 
 
 def test_errors_name_the_problem(converted, tmp_path, capsys):

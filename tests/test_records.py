@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from amodal_files import layered_scene, write_d2sa
-from data_prep import d2sa, records
+from data_prep import d2sa
+from data_prep import records as writer
+from sln_jax import records
 from data_prep.images import read_image
 from data_prep.scene import load_scene
 from data_prep.targets import build_targets
@@ -31,7 +33,7 @@ def example(tmp_path):
         scene = load_scene(source, len(data.classes), collections.Counter())
         image = read_image(source.image_path, source.image_id, source.height, source.width)
         targets = build_targets(scene, K, P, collections.Counter())
-        out.append((scene, image, targets, records.serialize(scene, image, targets)))
+        out.append((scene, image, targets, writer.serialize(scene, image, targets)))
     return out
 
 
@@ -89,14 +91,14 @@ def test_scene_without_kept_rle_serializes_identically(example):
 
     for scene, image, targets, serialized in example:
         bare = dataclasses.replace(scene, amodal_rle=None, visible_rle=None, area=None)
-        assert records.serialize(bare, image, targets) == serialized
+        assert writer.serialize(bare, image, targets) == serialized
 
 
 def test_parse_needs_no_tensorflow_and_rejects_other_bytes():
     # Parsing records (tests, inspection) runs in a process without TensorFlow.
     script = (
         "import sys\n"
-        "from data_prep import records, tfrecord\n"
+        "from sln_jax import records, tfrecord\n"
         "import pytest\n"
         "with pytest.raises(ValueError, match='not a tf.train.Example'):\n"
         "    records.parse(b'\\x0a\\x05ab', 8)\n"

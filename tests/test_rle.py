@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pycocotools import mask as mask_utils
 
-from data_prep import rle
+from sln_jax import rle
 from sln_jax import layering
 
 _MASKS = st.tuples(st.integers(1, 40), st.integers(1, 40)).flatmap(

@@ -10,7 +10,7 @@ import pytest
 
 from model_test_config import loss_config, model_config, scene_batch
 from sln_jax import losses
-from sln_jax.models import postprocess
+from sln_jax import postprocess
 from sln_jax.models.sln import SLN, check_config, mask_slot_buckets, num_mask_rois
 
 S = 128

@@ -196,7 +196,7 @@ def test_cli_tiny_run_with_previews(tmp_path, capsys):
     assert previews == ["train_000001.png", "train_000002.png"]
     with Image.open(out / "previews" / previews[0]) as picture:
         assert picture.format == "PNG" and picture.width >= 800 and picture.height >= 300
-    leftovers = [p for p in _files(str(out)) if os.path.basename(p).startswith(".tmp-")]
+    leftovers = [p for p in _files(str(out)) if os.path.basename(p).endswith(".tmp")]
     assert leftovers == []
 
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_prep import tfrecord
+from sln_jax import tfrecord
 
 _INT64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
 _FLOAT32 = st.floats(allow_nan=False, width=32)

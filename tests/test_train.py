@@ -18,161 +18,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from sln_jax import input_pipeline, losses, train
+from sln_jax import checkpoints, input_pipeline, train, train_state
 from sln_jax.models import pretrained
 from tiny_dataset import REPO, TINY_CONFIG, make_tiny_dataset, tiny_config
+from toy_model import optim_config, toy_batch, toy_loss, toy_state
 from xla_env import subprocess_env
-
-
-def optim_config(**overrides) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.1,
-            momentum=0.9,
-            b1=0.9,
-            b2=0.999,
-            weight_decay=1e-2,
-            schedule="cosine",
-            warmup_steps=4,
-            warmup_factor=0.1,
-            decay_at=(0.5, 0.75),
-            decay_factor=0.1,
-            clip_norm=5.0,
-        )
-    )
-    config.update(overrides)
-    return config
-
-
-class ToyDetector(nn.Module):
-    """A stand-in with SLN's calling convention and collections, for the generic machinery."""
-
-    @nn.compact
-    def __call__(self, images, gt=None, train=False):
-        x = nn.Conv(4, (3, 3))(images)
-        x = nn.BatchNorm(use_running_average=True)(x)
-        y = nn.Dense(1)(nn.relu(x).mean(axis=(1, 2)))[:, 0]
-        if not train:
-            return {"scores": y}
-        noise = jax.random.normal(self.make_rng("sampling"), y.shape)
-        return {"pred": y + 0.1 * noise, "target": gt["target"]}
-
-
-def toy_loss(outputs):
-    mse = jnp.mean((outputs["pred"] - outputs["target"]) ** 2)
-    return mse, {"mse": mse}
-
-
-def toy_batch(devices: int, per_device: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.RandomState(seed)
-    return {
-        "image": rng.randn(devices, per_device, 8, 8, 3).astype(np.float32),
-        "target": rng.randn(devices, per_device).astype(np.float32),
-    }
-
-
-def toy_state(mesh, seed=0, optim=None):
-    tx, _ = train.create_optimizer(optim or optim_config(), 20)
-    return train.create_train_state(ToyDetector(), tx, seed, (2, 8, 8, 3), mesh)
-
-
-# ---------------------------------------------------------------- schedule, optimizer
-
-
-def test_cosine_schedule_values():
-    schedule = train.create_learning_rate_schedule(optim_config(), 20)
-    np.testing.assert_allclose(float(schedule(0)), 0.01, rtol=1e-6)
-    np.testing.assert_allclose(float(schedule(2)), 0.01 + 0.5 * 0.09, rtol=1e-6)
-    np.testing.assert_allclose(float(schedule(4)), 0.1, rtol=1e-6)
-    np.testing.assert_allclose(float(schedule(12)), 0.05, rtol=1e-5)  # half-way through cosine
-    np.testing.assert_allclose(float(schedule(20)), 0.0, atol=1e-7)
-
-
-def test_step_schedule_values():
-    schedule = train.create_learning_rate_schedule(optim_config(schedule="step"), 20)
-    got = [float(schedule(s)) for s in (4, 9, 10, 14, 15, 19)]
-    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
-
-
-@settings(max_examples=10, deadline=None)
-@given(
-    steps=st.integers(20, 500),
-    warmup=st.integers(0, 10),
-    kind=st.sampled_from(["cosine", "step", "constant"]),
-)
-def test_schedule_is_bounded_and_warms_up(steps, warmup, kind):
-    config = optim_config(schedule=kind, warmup_steps=warmup)
-    schedule = train.create_learning_rate_schedule(config, steps)
-    values = np.broadcast_to(np.asarray(schedule(jnp.arange(steps))), (steps,))
-    assert np.all(values >= 0) and np.all(values <= 0.1 + 1e-7)
-    if warmup:
-        np.testing.assert_allclose(values[0], 0.01, rtol=1e-6)
-        assert np.all(np.diff(values[:warmup]) > 0)
-    passed = sum(round(f * steps) <= warmup for f in config.decay_at) if kind == "step" else 0
-    np.testing.assert_allclose(values[warmup], 0.1 * 0.1**passed, rtol=1e-5)
-
-
-def test_bad_optimizer_config_names_the_field():
-    with pytest.raises(ValueError, match="optim.schedule"):
-        train.create_learning_rate_schedule(optim_config(schedule="linear"), 10)
-    with pytest.raises(ValueError, match="optim.name"):
-        train.create_optimizer(optim_config(name="lamb"), 10)
-    with pytest.raises(ValueError, match="optim.warmup_steps"):
-        train.create_learning_rate_schedule(optim_config(warmup_steps=11), 10)
-
-
-def test_weight_decay_mask_excludes_norms_and_biases():
-    params = {
-        "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
-        "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
-        "dense": {"kernel": jnp.ones((4, 2))},
-    }
-    mask = train.weight_decay_mask(params)
-    assert mask == {
-        "conv": {"kernel": True, "bias": False},
-        "norm": {"scale": False, "bias": False},
-        "dense": {"kernel": True},
-    }
-
-
-def test_sgd_update_equals_manual_momentum_decay_and_clipping():
-    config = optim_config(schedule="constant", warmup_steps=0, clip_norm=1.0)
-    tx, _ = train.create_optimizer(config, 10)
-    params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 3.0)}
-    grads = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full((2,), 4.0)}
-    opt_state = tx.init(params)
-    norm = np.sqrt(4 * 9 + 2 * 16)
-    for step in range(2):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        clipped = {k: np.asarray(g) / norm for k, g in grads.items()}
-        effective_k = clipped["kernel"] + 1e-2 * 2.0  # decay on the kernel only
-        effective_b = clipped["bias"]
-        factor = 1.0 if step == 0 else 1.9  # momentum trace: g, then g + 0.9 g
-        np.testing.assert_allclose(updates["kernel"], -0.1 * factor * effective_k, rtol=1e-5)
-        np.testing.assert_allclose(updates["bias"], -0.1 * factor * effective_b, rtol=1e-5)
-
-
-def test_adamw_decays_kernels_only():
-    config = optim_config(name="adamw", schedule="constant", warmup_steps=0, weight_decay=0.5)
-    tx, _ = train.create_optimizer(config, 10)
-    params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 3.0)}
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)
-    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)
-    np.testing.assert_allclose(updates["bias"], 0.0)
 
 
 # ------------------------------------------------------------------ steps, sharding
 
 
 def test_toy_train_step_updates_params_and_reports_metrics():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     state = toy_state(mesh)
     before = jax.device_get(state.params)
     stats_before = jax.device_get(state.batch_stats)
@@ -191,7 +50,7 @@ def test_toy_train_step_updates_params_and_reports_metrics():
 
 
 def test_sampling_key_depends_on_the_step():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     step = train.jit_train_step(lambda out: (jnp.mean(out["pred"]), {}), mesh)
     batch = train.shard_batch(toy_batch(1, 2), mesh)
     state = toy_state(mesh)
@@ -202,18 +61,18 @@ def test_sampling_key_depends_on_the_step():
 
 
 def test_shard_batch_rejects_a_missing_device_axis():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     with pytest.raises(ValueError, match="batch\\['image'\\]"):
         train.shard_batch({"image": np.zeros((4, 8, 8, 3), np.float32)}, mesh)
 
 
 def test_batch_dims_require_divisible_batch():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     assert train._batch_dims(4, mesh, "train.batch_size") == (1, 4)
 
 
 def test_nan_guard_raises_with_step_and_last_checkpoint(tmp_path):
-    manager = train.create_checkpoint_manager(str(tmp_path), ml_collections.ConfigDict(dict(every_steps=1, keep=1)))
+    manager = checkpoints.create_checkpoint_manager(str(tmp_path), ml_collections.ConfigDict(dict(every_steps=1, keep=1)))
     bad = {"finite": np.float32(0.0), "loss/total": np.float32(np.nan), "grad_norm": np.float32(1.0)}
     with pytest.raises(train.NonFiniteLossError, match="non-finite loss at step 7.*last checkpoint: none"):
         train._check_finite(bad, 7, manager)
@@ -221,46 +80,22 @@ def test_nan_guard_raises_with_step_and_last_checkpoint(tmp_path):
 
 
 def test_train_step_flags_nan_loss():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     step = train.jit_train_step(lambda out: (jnp.log(-jnp.abs(out["pred"]).sum() - 1.0), {}), mesh)
     _, metrics = step(toy_state(mesh), train.shard_batch(toy_batch(1, 2), mesh))
     assert float(metrics["finite"]) == 0.0
 
 
-# ---------------------------------------------------------------------- checkpoints
-
-
-def test_checkpoint_round_trip_and_keep_last(tmp_path):
-    mesh = train.create_mesh()
-    step = train.jit_train_step(toy_loss, mesh)
-    config = ml_collections.ConfigDict({"checkpoint": {"every_steps": 2, "keep": 2}, "seed": 0})
-    manager = train.create_checkpoint_manager(str(tmp_path), config.checkpoint)
-    state = toy_state(mesh)
-    batch = train.shard_batch(toy_batch(1, 2), mesh)
-    for _ in range(6):
-        state, _ = step(state, batch)
-        train.save_checkpoint(manager, state, config)
-    manager.wait_until_finished()
-    assert manager.all_steps() == [5, 6]  # keep = 2
-    restored = train.restore_checkpoint(manager, toy_state(mesh, seed=1))
-    expected = jax.device_get(state)
-    got = jax.device_get(restored)
-    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
-        np.testing.assert_array_equal(a, b)
-    assert restored.params["Conv_0"]["kernel"].sharding.is_fully_replicated
-    loaded = train.load_checkpoint(str(tmp_path))
-    assert loaded["step"] == 6 and loaded["config"] == config.to_dict()
-    np.testing.assert_array_equal(loaded["params"]["Dense_0"]["kernel"], expected.params["Dense_0"]["kernel"])
-    manager.close()
-
-
-def test_restore_without_checkpoint_keeps_state(tmp_path):
-    mesh = train.create_mesh()
-    manager = train.create_checkpoint_manager(str(tmp_path), ml_collections.ConfigDict(dict(every_steps=1, keep=1)))
-    state = toy_state(mesh)
-    assert train.restore_checkpoint(manager, state) is state
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train.load_checkpoint(str(tmp_path / "empty"))
+def test_trainer_rejects_model_and_data_that_disagree(records):
+    config = tiny_config(records)
+    config.model.num_layers = 6  # a reference: data.num_layers follows ...
+    assert config.data.num_layers == 6
+    with pytest.raises(ValueError, match="records have num_layers = 3 but the config says 6"):
+        train.Trainer(config).train("unused")
+    plain = ml_collections.ConfigDict(tiny_config(records).to_dict())  # no references
+    plain.model.num_layers = 6
+    with pytest.raises(ValueError, match="config.model.num_layers = 6 but config.data"):
+        train.Trainer(plain)
 
 
 # --------------------------------------------------------- the real SLN, tiny config
@@ -365,7 +200,12 @@ def test_kill_and_resume_equals_uninterrupted_run(trainer, tmp_path):
     final = jax.device_get(trainer.train(straight))
     stopped = trainer.train(resumed, stop_at_step=3)
     assert int(stopped.step) == 3
-    assert train.load_checkpoint(resumed)["step"] == 3
+    assert checkpoints.load_checkpoint(resumed)["step"] == 3
+    # A resume checks the config against the checkpoint's before any work.
+    other = copy.deepcopy(trainer.config)
+    other.model.glm_dim = 16
+    with pytest.raises(ValueError, match="model.glm_dim: checkpoint 8, config 16"):
+        train.Trainer(other).train(resumed)
     # A restart: everything comes back from the checkpoint and the step-derived data stream.
     again = jax.device_get(trainer.train(resumed))
     assert int(again.step) == int(final.step) == trainer.num_steps
@@ -426,7 +266,7 @@ def test_two_process_distributed_run_completes_a_step(records, tmp_path):
         assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
     assert "process 0/2, 1 local / 2 global devices" in outputs[0]
     assert "step 1/1" in outputs[0]
-    assert train.load_checkpoint(workdir)["step"] == 1
+    assert checkpoints.load_checkpoint(workdir)["step"] == 1
 
 
 # ------------------------------------------------------------- pretrained backbone
@@ -447,12 +287,12 @@ class BackboneDetector(nn.Module):
 def test_load_pretrained_backbone_replaces_backbone_only(tmp_path):
     from test_pretrained import torchvision_state_dict
 
-    mesh = train.create_mesh()
-    tx, _ = train.create_optimizer(optim_config(), 20)
-    state = train.create_train_state(BackboneDetector(), tx, 0, (1, 32, 32, 3), mesh)
+    mesh = train_state.create_mesh()
+    tx, _ = train_state.create_optimizer(optim_config(), 20)
+    state = train_state.create_train_state(BackboneDetector(), tx, 0, (1, 32, 32, 3), mesh)
     weights = torchvision_state_dict("basic", (1, 1, 1, 1), width=8, seed=5)
     np.savez(tmp_path / "r.npz", **weights)
-    loaded = train.load_pretrained_backbone(state, str(tmp_path / "r.npz"), mesh)
+    loaded = train_state.load_pretrained_backbone(state, str(tmp_path / "r.npz"), mesh)
     kernel = loaded.params["backbone"]["conv1"]["kernel"]
     assert kernel.sharding.is_fully_replicated
     np.testing.assert_array_equal(kernel, weights["conv1.weight"].transpose(2, 3, 1, 0))
@@ -461,7 +301,7 @@ def test_load_pretrained_backbone_replaces_backbone_only(tmp_path):
     np.testing.assert_array_equal(loaded.params["head"]["kernel"], state.params["head"]["kernel"])
     assert int(loaded.step) == 0
     with pytest.raises(ValueError, match=r"missing\.npz"):
-        train.load_pretrained_backbone(state, str(tmp_path / "missing.npz"), mesh)
+        train_state.load_pretrained_backbone(state, str(tmp_path / "missing.npz"), mesh)
 
 
 def test_trainer_starts_from_the_configured_backbone_but_not_on_resume(records, tmp_path,

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sln_jax import visualize
+from sln_jax import depth_order, visualize
 
 
 def _two_squares(size: int = 40):
@@ -18,6 +18,10 @@ def _two_squares(size: int = 40):
     visible = amodal.copy()
     visible[1] &= ~amodal[0]
     return amodal, visible
+
+
+def _random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def test_draw_instances_changes_only_instance_pixels():
@@ -126,3 +130,84 @@ def test_save_scene_preview_writes_a_png(tmp_path):
     with pytest.raises(ValueError, match="classes"):
         visualize.save_scene_preview(str(tmp_path / "bad.png"), image, amodal, visible, [1],
                                      3)
+
+
+# ------------------------------------------------ pictures of predictions (draw_picture)
+
+
+def test_picture_size_layout():
+    # Small images are enlarged by an integer factor to at least 384 px, huge ones shrunk.
+    assert visualize.picture_size(64, 32) == (384, 192 + 300, 384, 192)
+    assert visualize.picture_size(500, 700) == (500, 700 + 300, 500, 700)
+    assert visualize.picture_size(4000, 3000)[2:] == (1600, 1200)
+    # A wide, short image keeps a graph panel tall enough to read.
+    assert visualize.picture_size(100, 1000)[:3] == (320, 1000 + 300, 100)
+    # Many detections widen the graph panel.
+    assert visualize.picture_size(500, 500, 20)[1] == 500 + 36 * 22
+
+
+def test_depth_order_of_the_picture_from_json_or_int_keys():
+    instances = [{"depth_order": {1: 1, "2": -1}}, {"depth_order": {"0": -1}},
+                 {"depth_order": {0: 1, 5: 1}}]
+    np.testing.assert_array_equal(depth_order.from_relations([d["depth_order"] for d in instances]),
+                                  [[0, 1, -1], [-1, 0, 0], [1, 0, 0]])
+
+
+def test_draw_picture_without_and_with_detections():
+    from sln_jax import visualize
+    image = _random_rgb(48, 64, seed=5)
+    empty = visualize.draw_picture(image, [])
+    h, w, dh, dw = visualize.picture_size(48, 64, 0)
+    assert empty.shape == (h, w, 3) and empty.dtype == np.uint8
+    factor = dh // 48
+    np.testing.assert_array_equal(empty[:dh, :dw],
+                                  np.repeat(np.repeat(image, factor, 0), factor, 1))
+
+    amodal = np.zeros((2, 48, 64), bool)
+    amodal[0, 5:30, 5:30] = True
+    amodal[1, 20:45, 20:60] = True
+    visible = amodal.copy()
+    visible[1, 20:30, 20:30] = False  # detection 0 is in front of detection 1
+    instances = [
+        {"amodal": amodal[0], "visible": visible[0], "category_id": 1, "score": 0.9,
+         "depth_order": {1: 1}},
+        {"amodal": amodal[1], "visible": visible[1], "category_id": 2, "score": 0.7,
+         "depth_order": {0: -1}},
+    ]
+    picture = visualize.draw_picture(image, instances, {1: "cat", 2: "dog"})
+    h, w, dh, dw = visualize.picture_size(48, 64, 2)
+    assert picture.shape == (h, w, 3)
+    # Outside every mask the image is untouched (tags sit on the visible parts).
+    outside = ~np.repeat(np.repeat(amodal.any(0), factor, 0), factor, 1)
+    np.testing.assert_array_equal(picture[:dh, :dw][outside], empty[:dh, :dw][outside])
+    # The graph panel shows both nodes in the detections' colors.
+    panel = picture[:, dw:].reshape(-1, 3).astype(int)
+    for color in visualize.instance_colors(2).astype(int):
+        assert (np.abs(panel - color).sum(1) < 10).sum() > 50
+
+
+def test_draw_picture_shows_only_confident_detections():
+    image = _random_rgb(48, 64, seed=6)
+    amodal = np.zeros((3, 48, 64), bool)
+    amodal[0, 5:30, 5:30] = True
+    amodal[1, 20:45, 20:60] = True
+    amodal[2, 0:10, 40:60] = True
+    instances = [
+        {"amodal": amodal[0], "visible": amodal[0], "category_id": 1, "score": 0.9,
+         "depth_order": {1: 1, 2: 1}},
+        {"amodal": amodal[1], "visible": amodal[1], "category_id": 1, "score": 0.1,
+         "depth_order": {0: -1}},
+        {"amodal": amodal[2], "visible": amodal[2], "category_id": 2, "score": 0.6,
+         "depth_order": {0: -1}},
+    ]
+    kept = visualize._confident(instances, 0.5)
+    assert [d["score"] for d in kept] == [0.9, 0.6]
+    assert kept[0]["depth_order"] == {1: 1} and kept[1]["depth_order"] == {0: -1}
+    assert instances[0]["depth_order"] == {1: 1, 2: 1}  # inputs are not modified
+    picture = visualize.draw_picture(image, instances, min_score=0.5)
+    assert picture.shape[:2] == visualize.picture_size(48, 64, 2)[:2]
+    factor = visualize.picture_size(48, 64, 2)[2] // 48
+    dh, dw = 48 * factor, 64 * factor
+    reference = visualize.draw_picture(image, [])[:dh, :dw]
+    only_low = np.repeat(np.repeat(amodal[1] & ~amodal[0], factor, 0), factor, 1)
+    np.testing.assert_array_equal(picture[:dh, :dw][only_low], reference[only_low])

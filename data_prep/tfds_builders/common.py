@@ -50,6 +50,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import convert, records
+from sln_jax.records import SCHEMA_VERSION
 from data_prep.scene import AnnotationSet, DataError, SceneSource
 
 __all__ = ["AmodalConfig", "AmodalBuilder", "to_example", "make_example",
@@ -57,7 +58,7 @@ __all__ = ["AmodalConfig", "AmodalBuilder", "to_example", "make_example",
 
 RELEASE_NOTES = {
     "1.0.0": "Initial release: the content of data_prep.records schema version "
-             f"{records.SCHEMA_VERSION} (image, boxes, labels, amodal / visible RLE masks, "
+             f"{SCHEMA_VERSION} (image, boxes, labels, amodal / visible RLE masks, "
              "depth order, occlusion, layer and sem-dist crops, global layering map).",
 }
 
@@ -224,7 +225,7 @@ class AmodalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _common_metadata(self, annotation_set: AnnotationSet) -> dict:
         return {
-            "schema_version": records.SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION,
             "dataset": self.DATASET,
             "num_layers": self.builder_config.num_layers,
             "mask_target_size": self.builder_config.mask_target_size,

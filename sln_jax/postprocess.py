@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from sln_jax import layering, semdist
+from sln_jax import canvas, depth_order, layering, semdist
+from sln_jax.detections import Detections
 
-__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs", "encode_rle"]
+__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs"]
 
 
 def layer_probs(layer_logits: np.ndarray) -> np.ndarray:
@@ -59,80 +59,6 @@ def decode_layer_probs(probs: np.ndarray) -> dict[str, np.ndarray]:
     return {"amodal": amodal, "layers": layers, "visible": layers == 0}
 
 
-def _canvas_to_original(boxes: np.ndarray, image_size, orig_size) -> np.ndarray:
-    """float64 [D, 4] boxes in original pixels, clipped to the original image."""
-    (h, w), (oh, ow) = image_size, orig_size
-    factor = np.array([oh / h, ow / w, oh / h, ow / w], np.float64)
-    boxes = np.asarray(boxes, np.float64) * factor
-    return np.clip(boxes, 0.0, np.array([oh, ow, oh, ow], np.float64))
-
-
-def _pair_orders(layers: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-    """int8 [N, N] depth order, computed on the window of each pair of overlapping boxes."""
-    n = len(layers)
-    order = np.zeros((n, n), np.int8)
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom <= top or right <= left:
-                continue
-            window = np.stack([layers[i][top:bottom, left:right],
-                               layers[j][top:bottom, left:right]])
-            pair = semdist.depth_order(window)
-            order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
-    return order
-
-
-def _soft_pair_orders(windows: list[tuple[int, int, np.ndarray]], amodal: list[np.ndarray],
-                      boxes: np.ndarray) -> np.ndarray:
-    """int8 [N, N] depth order from the layer probabilities: i is in front of j when the
-    evidence that i is seen where j is hidden, sum_p P_i(visible) P_j(hidden), exceeds the
-    converse, for pairs whose amodal masks overlap.
-
-    Hard argmax layers leave a pair unordered (a tie) whenever both heads call the overlap
-    visible, which an unsure head does often; the joint probabilities order nearly every
-    overlapping pair and, on the main job, raised order accuracy from 0.41 to 0.56 with no
-    retraining (``benchmarks/diagnose.py``, "seen vs hidden (soft)").
-
-    Args:
-      windows: per detection (top, left, probs float32 [h, w, K]) ``layer_probs`` pasted on
-        its box window of the original image.
-      amodal: per detection bool [H, W] amodal mask.
-      boxes: float [N, 4] (y1, x1, y2, x2) original pixels.
-    """
-    n = len(windows)
-    order = np.zeros((n, n), np.int8)
-
-    def cut(k, top, left, bottom, right):
-        t, l, probs = windows[k]
-        probs = probs[max(top - t, 0):max(bottom - t, 0), max(left - l, 0):max(right - l, 0)]
-        # The window may be smaller than the pair's box overlap (it is clipped to the box);
-        # outside it the detection's probabilities are 0.
-        out = np.zeros((bottom - top, right - left, probs.shape[-1]), np.float32)
-        oy, ox = max(t - top, 0), max(l - left, 0)
-        out[oy:oy + probs.shape[0], ox:ox + probs.shape[1]] = probs[:out.shape[0] - oy,
-                                                                    :out.shape[1] - ox]
-        return out[..., 0], out[..., 1:].sum(axis=-1)
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom <= top or right <= left or not np.any(
-                    amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
-                continue
-            seen_i, hidden_i = cut(i, top, left, bottom, right)
-            seen_j, hidden_j = cut(j, top, left, bottom, right)
-            sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
-            order[i, j], order[j, i] = sign, -sign
-    return order
-
-
 def to_instances(outputs: dict, image_size, orig_size,
                  config: ml_collections.ConfigDict) -> list[dict]:
     """Decoded instances of one image.
@@ -164,7 +90,7 @@ def to_instances(outputs: dict, image_size, orig_size,
         raise ValueError(f"to_instances: unknown head {config.head!r}")
     keep = np.flatnonzero(valid)
     oh, ow = int(orig_size[0]), int(orig_size[1])
-    boxes = _canvas_to_original(np.asarray(outputs["boxes"])[keep], image_size, (oh, ow))
+    boxes = canvas.boxes_to_original(np.asarray(outputs["boxes"])[keep], image_size, (oh, ow))
     scores = np.asarray(outputs["scores"], np.float32)[keep]
     classes = np.asarray(outputs["classes"], np.int64)[keep]
     instances, all_layers, windows = [], [], []
@@ -198,23 +124,20 @@ def to_instances(outputs: dict, image_size, orig_size,
         })
         all_layers.append(layers)
     if config.head == "layers":
-        order = _soft_pair_orders(windows, [inst["amodal"] for inst in instances], boxes)
+        order = depth_order.from_probability_windows(
+            windows, [instance["amodal"] for instance in instances], boxes)
     else:
-        order = _pair_orders(all_layers, boxes)
-    for i, instance in enumerate(instances):
-        instance["depth_order"] = {int(j): int(order[i, j]) for j in np.flatnonzero(order[i])}
+        order = depth_order.from_layer_windows(all_layers, boxes)
+    for instance, relation in zip(instances, depth_order.to_relations(order)):
+        instance["depth_order"] = relation
     return instances
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool [H, W] mask, with ``counts`` as a str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def to_coco_results(instances: list[dict], image_id: int) -> list[dict]:
     """COCO results entries (one per instance) of ARCHITECTURE.md's "Results JSON".
+
+    The one encoder is ``sln_jax.detections.Detections.to_results``; this is it for
+    ``to_instances`` output.
 
     Args:
       instances: ``to_instances`` output of one image.
@@ -225,13 +148,7 @@ def to_coco_results(instances: list[dict], image_id: int) -> list[dict]:
       ``segmentation`` (amodal, RLE), ``visible_mask`` (RLE), ``occlude_rate`` and
       ``depth_order`` {detection index in the image: +1 / -1}.
     """
-    return [{
-        "image_id": int(image_id),
-        "category_id": int(inst["category_id"]),
-        "score": float(inst["score"]),
-        "bbox": [float(v) for v in inst["box"]],
-        "segmentation": encode_rle(inst["amodal"]),
-        "visible_mask": encode_rle(inst["visible"]),
-        "occlude_rate": float(inst["occlude_rate"]),
-        "depth_order": {int(j): int(v) for j, v in inst["depth_order"].items()},
-    } for inst in instances]
+    if not instances:
+        return []
+    height, width = np.asarray(instances[0]["amodal"]).shape
+    return Detections.from_instances(instances, height, width).to_results(image_id)

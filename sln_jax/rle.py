@@ -6,8 +6,10 @@ conversions: it is 2.5x faster than ``pycocotools.mask.decode`` (0.13 vs 0.31 ms
 most of which is the byte-by-byte C loop and a Fortran-order copy), it yields the run
 lengths from which the area follows without a pass over the mask, and it validates the
 counts: pycocotools writes past the mask on runs longer than the image and leaves memory
-uninitialized on shorter ones. ``counts_many`` parses all masks of an image in one call;
-boxes of checked counts come from pycocotools' C code (``boxes``).
+uninitialized on shorter ones. ``counts_many`` parses all masks of an image in one call,
+``check_many`` the masks of a whole results file (evaluation); boxes of checked counts come
+from pycocotools' C code (``boxes``). This is the project's one RLE module: conversion,
+post-processing (``encode_json``) and evaluation use it.
 
 Compressed counts (pycocotools ``rleToString``): each run length is a signed varint in
 5-bit chunks, chunk + 48 as a character, bit 0x20 meaning "more chunks", bit 0x10 of the
@@ -24,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["RleError", "compress", "counts", "counts_many", "area", "boxes",
-           "decode_into", "decode", "encode"]
+__all__ = ["RleError", "compress", "check_many", "counts", "counts_many", "area", "boxes",
+           "decode_into", "decode", "encode", "encode_json"]
 
 # A run length needs at most 7 chunks below 2**35 pixels; longer numbers are corrupt.
 _MAX_CHUNKS = 7
@@ -90,30 +92,42 @@ def compress(segmentation: Any, height: int, width: int,
                    f"got {type(segmentation).__name__}")
 
 
-def _parse(compressed: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
-    """Run lengths of non-empty compressed counts, concatenated, with each entry's range.
+def _parse(compressed: Sequence[bytes]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | tuple[int, str]:
+    """Run lengths of compressed counts, concatenated, with each entry's range.
 
     Returns:
       (runs int64 [R], first int64 [M], bounds int64 [M]): entry m's runs are
-      ``runs[first[m]:bounds[m]]``; or, when the characters do not form whole numbers, the
-      reason (exact for a single entry).
+      ``runs[first[m]:bounds[m]]`` (an empty entry has none); or, when the characters do not
+      form whole numbers, (index of the first such entry, the reason).
     """
-    sizes = np.fromiter(map(len, compressed), np.int64, len(compressed))
-    if sizes.min() == 0:
-        return "empty RLE counts"
+    n = len(compressed)
+    sizes = np.fromiter(map(len, compressed), np.int64, n)
+    char_end = np.cumsum(sizes)
+
+    def entry_of(char_positions: np.ndarray) -> int:
+        return int(np.searchsorted(char_end, char_positions[0], side="right"))
+
     chars = np.frombuffer(b"".join(compressed), np.uint8)
-    if chars.min() < 48 or chars.max() > 48 + 63:
-        return "RLE counts contain characters outside the COCO alphabet"
+    if chars.size == 0:
+        return np.zeros(0, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    outside = (chars < 48) | (chars > 48 + 63)
+    if outside.any():
+        return entry_of(np.flatnonzero(outside)), \
+            "RLE counts contain characters outside the COCO alphabet"
     chars = chars.astype(np.int64) - 48
     more = (chars & 0x20) != 0
-    last = np.cumsum(sizes) - 1
-    if more[last].any():
-        return "RLE counts end inside a number (truncated)"
+    last = char_end - 1
+    open_end = np.zeros(n, bool)
+    open_end[sizes > 0] = more[last[sizes > 0]]
+    if open_end.any():
+        return int(np.flatnonzero(open_end)[0]), "RLE counts end inside a number (truncated)"
     ends = np.flatnonzero(~more)
     starts = np.concatenate([[0], ends[:-1] + 1])
     lengths = ends - starts + 1
     if lengths.max() > _MAX_CHUNKS:
-        return "RLE counts hold a number too large for a run length"
+        return entry_of(ends[lengths > _MAX_CHUNKS]), \
+            "RLE counts hold a number too large for a run length"
     chunk = np.arange(chars.size) - np.repeat(starts, lengths)
     values = np.add.reduceat((chars & 0x1F) << (5 * chunk), starts)
     values -= np.where(chars[ends] & 0x10, np.int64(1) << (5 * lengths), 0)
@@ -121,16 +135,70 @@ def _parse(compressed: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndar
     # position inside its entry: the delta decoding restarts at every entry.
     bounds = np.searchsorted(ends, last, side="right")
     first = np.concatenate([[0], bounds[:-1]])
-    owner = np.repeat(np.arange(len(compressed)), bounds - first)
-    odd = ((np.arange(values.size) - first[owner]) & 1).astype(bool)
-    even = ~odd
-    even[first] = False  # an entry's first run is not part of a chain
+    owner_first = np.repeat(first, bounds - first)
+    position = np.arange(values.size) - owner_first
+    odd = (position & 1).astype(bool)
+    even = ~odd & (position > 0)  # an entry's first run is not part of a chain
     chain_odd, chain_even = np.cumsum(values * odd), np.cumsum(values * even)
     # Neither chain includes an entry's first number, so its running sum there is the
     # total of the entries before.
-    runs = np.where(odd, chain_odd - chain_odd[first][owner],
-                    np.where(even, chain_even - chain_even[first][owner], values))
+    runs = np.where(odd, chain_odd - chain_odd[owner_first],
+                    np.where(even, chain_even - chain_even[owner_first], values))
     return runs, first, bounds
+
+
+def _check(compressed: Sequence[bytes], sizes: np.ndarray
+           ) -> list[np.ndarray] | tuple[int, str]:
+    """Each entry's run lengths, or (index of the first bad entry, the reason)."""
+    parsed = _parse(compressed)
+    if isinstance(parsed[1], str):
+        return parsed
+    runs, first, bounds = parsed
+    for bad, why in ((runs < 0, "RLE counts hold a negative run length"),
+                     (runs >= 1 << 32, "RLE counts hold a run length of 2**32 or more")):
+        if bad.any():
+            return int(np.searchsorted(bounds, np.flatnonzero(bad)[0], side="right")), why
+    cumulative = np.concatenate([[0], np.cumsum(runs)])
+    totals = cumulative[bounds] - cumulative[first]
+    pixels = sizes[:, 0] * sizes[:, 1]
+    wrong = np.flatnonzero(totals != pixels)
+    if wrong.size:
+        index = int(wrong[0])
+        if first[index] == bounds[index]:
+            return index, "empty RLE counts"
+        h, w = (int(v) for v in sizes[index])
+        return index, (f"RLE runs cover {int(totals[index])} pixels but the image has "
+                       f"{h} x {w} = {h * w}")
+    return [runs[a:b] for a, b in zip(first.tolist(), bounds.tolist())]
+
+
+def check_many(compressed: Sequence[bytes], sizes: Sequence[Sequence[int]]
+               ) -> list[np.ndarray]:
+    """Checked run lengths of compressed counts of masks of any sizes, in one pass.
+
+    Every entry must parse into non-negative runs below 2**32 that cover exactly its
+    mask's pixels (pycocotools' C decoder does not check this and would write past its
+    buffer or leave memory uninitialized).
+
+    Args:
+      compressed: [M] compressed COCO RLE counts (bytes).
+      sizes: [M] (height, width) of each mask.
+
+    Returns:
+      [M] int64 [R_m] run lengths, background first (views of one array).
+
+    Raises:
+      RleError: for the first bad entry, naming why, with its position in ``compressed``
+        as the attribute ``index``.
+    """
+    if not compressed:
+        return []
+    checked = _check(compressed, np.asarray(sizes, np.int64).reshape(len(compressed), 2))
+    if isinstance(checked, tuple):
+        err = RleError(checked[1])
+        err.index = checked[0]
+        raise err
+    return checked
 
 
 def counts(compressed: bytes, height: int, width: int) -> np.ndarray:
@@ -147,17 +215,7 @@ def counts(compressed: bytes, height: int, width: int) -> np.ndarray:
       RleError: on empty counts, characters outside the alphabet, a truncated or too large
         number, negative runs, or runs not covering the image exactly.
     """
-    parsed = _parse([compressed])
-    if isinstance(parsed, str):
-        raise RleError(parsed)
-    runs = parsed[0]
-    if runs.min() < 0:
-        raise RleError("RLE counts hold a negative run length")
-    total = int(runs.sum())
-    if total != height * width:
-        raise RleError(f"RLE runs cover {total} pixels but the image has "
-                       f"{height} x {width} = {height * width}")
-    return runs
+    return check_many([compressed], [(height, width)])[0]
 
 
 def counts_many(compressed: Sequence[bytes], height: int, width: int) -> list[np.ndarray]:
@@ -177,21 +235,7 @@ def counts_many(compressed: Sequence[bytes], height: int, width: int) -> list[np
       RleError: the error ``counts`` raises for the first bad entry, with its position
         in ``compressed`` as the attribute ``index``.
     """
-    if not compressed:
-        return []
-    parsed = _parse(compressed)
-    if not isinstance(parsed, str):
-        runs, first, bounds = parsed
-        if runs.min() >= 0 and (np.add.reduceat(runs, first) == height * width).all():
-            return [runs[a:b] for a, b in zip(first.tolist(), bounds.tolist())]
-    # Entries parse independently up to the first bad one, which is then named.
-    for index, data in enumerate(compressed):
-        try:
-            counts(data, height, width)
-        except RleError as err:
-            err.index = index
-            raise
-    raise AssertionError("counts_many rejected counts that counts accepts")
+    return check_many(compressed, [(height, width)] * len(compressed))
 
 
 def boxes(compressed: Sequence[bytes], height: int, width: int) -> np.ndarray:
@@ -237,3 +281,10 @@ def decode(runs: np.ndarray, height: int, width: int) -> np.ndarray:
 def encode(mask: np.ndarray) -> bytes:
     """Compressed RLE counts of a bool [H, W] mask (fastest when column-major)."""
     return mask_utils.encode(np.asfortranarray(mask).view(np.uint8))["counts"]
+
+
+def encode_json(mask: np.ndarray) -> dict:
+    """COCO RLE of a bool [H, W] mask as JSON: ``{'size': [H, W], 'counts': str}``."""
+    mask = np.asarray(mask)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])],
+            "counts": encode(mask.astype(bool, copy=False)).decode("ascii")}

@@ -27,15 +27,17 @@ has a ``bbox`` (else the mask area).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from sln_jax import atomic, depth_order
+from sln_jax.evaluation import ground_truth
+from sln_jax.evaluation.ground_truth import ImageGT
+from sln_jax.evaluation.results import ImageDets, load_results
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -45,8 +47,8 @@ __all__ = [
     "OCCLUSION_BINS",
     "OCCLUDED_RATE",
     "evaluate",
+    "compute_metrics",
     "format_table",
-    "load_json",
     "write_metrics",
 ]
 
@@ -88,398 +90,6 @@ _COCO_STATS = (
 _BIN_STATS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
 # Keep one matching chunk's [groups, settings, thresholds, GT] arrays near this size.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-# ----------------------------------------------------------------------------- inputs
-
-@dataclasses.dataclass
-class _ImageGT:
-    """Ground truth of one image; arrays are per instance [G]."""
-    image_id: int
-    height: int
-    width: int
-    ann_ids: np.ndarray  # int64
-    categories: np.ndarray  # int64
-    amodal: list  # COCO RLE dicts
-    visible: list
-    area: np.ndarray  # float64, the GT ``area`` field (amodal)
-    visible_area: np.ndarray  # float64
-    crowd: np.ndarray  # bool
-    occlusion: np.ndarray  # float64 occlusion rate
-    order: np.ndarray  # float64 depth rank, NaN when absent
-    stuff: np.ndarray  # bool
-    constraints: np.ndarray | None  # int64 [C, 2] (front, back) GT indices; None: derive
-
-
-@dataclasses.dataclass
-class _ImageDets:
-    """Detections of one image, in results-file order; arrays are per detection [D]."""
-    scores: np.ndarray  # float64
-    categories: np.ndarray  # int64
-    amodal: list
-    visible: list | None
-    area: np.ndarray  # float64, amodal evaluation area (loadRes rule)
-    visible_area: np.ndarray  # float64, modal evaluation area
-    occlusion: np.ndarray  # float64, NaN when unknown
-    depth_order: list  # dict | None per detection
-
-
-def load_json(source: str | os.PathLike | dict | list) -> Any:
-    """A parsed JSON document: ``source`` itself, or the file it names."""
-    if isinstance(source, (dict, list)):
-        return source
-    with open(source) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not valid JSON ({e})") from None
-
-
-def _name(source) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "<in-memory>"
-
-
-def _to_rle(segm, height: int, width: int, where: str) -> dict:
-    """A compressed RLE from a polygon (flat or list of lists), uncompressed or compressed RLE."""
-    if isinstance(segm, list):
-        if not segm:
-            raise ValueError(f"{where}: empty polygon")
-        polys = [segm] if not isinstance(segm[0], list) else segm
-        if any(len(p) < 6 or len(p) % 2 for p in polys):
-            raise ValueError(f"{where}: a polygon needs an even number (>= 6) of coordinates")
-        return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    if not isinstance(segm, dict) or "counts" not in segm or "size" not in segm:
-        raise ValueError(f"{where}: malformed RLE (need a dict with 'size' and 'counts')")
-    size = segm["size"]
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or [int(size[0]), int(size[1])] != [height, width]):
-        raise ValueError(f"{where}: mask size {size} differs from the image size "
-                         f"[{height}, {width}]")
-    counts = segm["counts"]
-    if isinstance(counts, list):
-        if (not all(isinstance(c, (int, np.integer)) and c >= 0 for c in counts)
-                or sum(counts) != height * width):
-            raise ValueError(f"{where}: malformed RLE (uncompressed counts must be >= 0 "
-                             f"and sum to {height * width})")
-        return mask_utils.frPyObjects(segm, height, width)
-    if not isinstance(counts, (str, bytes)):
-        raise ValueError(f"{where}: malformed RLE (counts is {type(counts).__name__})")
-    return segm
-
-
-def _check_compressed_rles(rles: Sequence[dict], describe: Callable[[int], str]) -> None:
-    """Validate compressed COCO RLE strings, all at once, without decoding the masks.
-
-    Mirrors pycocotools' ``rleFrString``: 6-bit chars from '0', 5 value bits, a
-    continuation bit, a sign bit in the last char, and runs from the fourth on coded as
-    differences to the run two before. Each string must parse into non-negative runs
-    summing to height x width; pycocotools' C decoder does not check this and would
-    write past its buffer.
-
-    Args:
-      rles: COCO RLE dicts with ``size`` [h, w] and ``counts`` (str or bytes).
-      describe: index -> what the RLE is (file, id), for the error message.
-
-    Raises:
-      ValueError: "<describe(i)>: malformed RLE (<why>)" for the first bad one.
-    """
-    if not rles:
-        return
-    blobs = [r["counts"].encode("ascii", "replace") if isinstance(r["counts"], str)
-             else bytes(r["counts"]) for r in rles]
-    lengths = np.array([len(b) for b in blobs], np.int64)
-    pixels = np.array([int(r["size"][0]) * int(r["size"][1]) for r in rles], np.int64)
-    char_end = np.cumsum(lengths)
-
-    def fail_at_char(bad: np.ndarray, why: str):
-        string = int(np.searchsorted(char_end, np.flatnonzero(bad)[0], side="right"))
-        raise ValueError(f"{describe(string)}: malformed RLE ({why})")
-
-    def fail_string(bad: np.ndarray, why: str):
-        raise ValueError(f"{describe(int(np.flatnonzero(bad)[0]))}: malformed RLE ({why})")
-
-    raw = np.frombuffer(b"".join(blobs), np.uint8)
-    bad = (raw < 48) | (raw > 111)
-    if bad.any():
-        fail_at_char(bad, "character outside '0'..'o'")
-    chars = raw - np.uint8(48)
-    ends = (chars & 0x20) == 0
-    nonempty = lengths > 0
-    if not ends[char_end[nonempty] - 1].all():
-        open_end = np.zeros(len(blobs), bool)
-        open_end[nonempty] = ~ends[char_end[nonempty] - 1]
-        fail_string(open_end, "truncated count")
-    token_end = np.flatnonzero(ends)
-    if not len(token_end):
-        fail_string(pixels != 0, "runs do not sum to height x width")
-        return
-    # Counts are contiguous (every string ends on a count's last char). Most take one
-    # char; the few longer ones are summed 5 bits at a time.
-    low = (chars & 0x1f).astype(np.int64)
-    token_start = np.empty_like(token_end)
-    token_start[0] = 0
-    token_start[1:] = token_end[:-1] + 1
-    length = token_end - token_start + 1
-    if length.max() > 11:
-        fail_at_char(np.isin(np.arange(len(chars)), token_end[length > 11]), "count too long")
-    values = low[token_start]
-    multi = np.flatnonzero(length > 1)
-    for k in range(1, int(length.max())):
-        part = multi[length[multi] > k]
-        values[part] += low[token_start[part] + k] << (5 * k)
-    negative = (chars[token_end] & 0x10) != 0
-    values[negative] -= np.int64(1) << (5 * length[negative])
-    # Run j >= 3 is coded relative to run j - 2, so runs are prefix sums with stride 2:
-    # within a string starting at token f, run j = G[f + j] - G[f - 1] (j odd) or
-    # - G[f] (j even >= 2), where G is the stride-2 cumulative sum of all values.
-    tokens_before = np.searchsorted(token_end, char_end, side="left")
-    tokens = np.diff(tokens_before, prepend=0)
-    first_token = tokens_before - tokens
-    summed = np.empty_like(values)
-    summed[0::2] = np.cumsum(values[0::2])
-    summed[1::2] = np.cumsum(values[1::2])
-    base_odd = np.where(first_token > 0, summed[np.maximum(first_token - 1, 0)], 0)
-    base_even = summed[np.minimum(first_token, len(values) - 1)]
-    odd = (np.arange(len(values)) & 1).astype(bool) ^ np.repeat((first_token & 1).astype(bool),
-                                                                tokens)
-    runs = summed - np.where(odd, np.repeat(base_odd, tokens), np.repeat(base_even, tokens))
-    starting = first_token[tokens > 0]
-    runs[starting] = values[starting]
-    out_of_range = (runs < 0) | (runs >= 1 << 32)
-    if out_of_range.any():
-        string = np.searchsorted(tokens_before, np.flatnonzero(out_of_range)[0], side="right")
-        raise ValueError(f"{describe(int(string))}: malformed RLE (negative or huge run)")
-    total = np.zeros(len(blobs), np.int64)
-    total[tokens > 0] = np.add.reduceat(runs, starting)
-    if (total != pixels).any():
-        fail_string(total != pixels, "runs do not sum to height x width")
-
-
-def _occlusion_from_areas(visible_area: np.ndarray, amodal_area: np.ndarray) -> np.ndarray:
-    """float64 [N] 1 - visible / amodal area (0 for empty amodal masks)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = 1.0 - visible_area / amodal_area
-    return np.where(amodal_area > 0, rate, 0.0)
-
-
-def _images_index(images: list, name: str) -> dict[int, tuple[int, int]]:
-    sizes = {}
-    for img in images:
-        try:
-            image_id, h, w = img["id"], int(img["height"]), int(img["width"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{name}: image entry {img!r:.80} needs id, height, width") from None
-        if image_id in sizes:
-            raise ValueError(f"{name}: image id {image_id} appears twice")
-        sizes[image_id] = (h, w)
-    return sizes
-
-
-def _build_image(image_id, size, anns: list[dict], constraints) -> _ImageGT:
-    """Pack converted annotation dicts (keys as in _ImageGT, one value each) into arrays."""
-    h, w = size
-    amodal = [a["amodal"] for a in anns]
-    visible = [a["visible"] for a in anns]
-    amodal_area = mask_utils.area(amodal).astype(np.float64) if anns else np.zeros(0)
-    visible_area = mask_utils.area(visible).astype(np.float64) if anns else np.zeros(0)
-    area = np.array([a["area"] if a["area"] is not None else amodal_area[i]
-                     for i, a in enumerate(anns)], np.float64)
-    occlusion = np.array([a["occlusion"] if a["occlusion"] is not None else np.nan
-                          for a in anns], np.float64)
-    occlusion = np.where(np.isnan(occlusion), _occlusion_from_areas(visible_area, amodal_area),
-                         occlusion)
-    return _ImageGT(
-        image_id=image_id, height=h, width=w,
-        ann_ids=np.array([a["id"] for a in anns], np.int64),
-        categories=np.array([a["category"] for a in anns], np.int64),
-        amodal=amodal, visible=visible, area=area, visible_area=visible_area,
-        crowd=np.array([bool(a["crowd"]) for a in anns], bool),
-        occlusion=occlusion,
-        order=np.array([np.nan if a["order"] is None else float(a["order"]) for a in anns],
-                       np.float64),
-        stuff=np.array([bool(a["stuff"]) for a in anns], bool),
-        constraints=constraints)
-
-
-def _load_coco_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
-    """COCO / D2SA-style GT: one annotation per instance, ``segmentation`` amodal."""
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{name}: GT must be a dict with 'images' and 'annotations'")
-    sizes = _images_index(data["images"], name)
-    per_image: dict[int, list] = {i: [] for i in sizes}
-    rles, wheres = [], []
-    for k, ann in enumerate(data["annotations"]):
-        where = f"{name}: annotation id {ann.get('id', f'#{k}')}"
-        image_id = ann.get("image_id")
-        if image_id not in sizes:
-            raise ValueError(f"{where}: image_id {image_id} not in 'images'")
-        if "segmentation" not in ann or "category_id" not in ann:
-            raise ValueError(f"{where}: needs 'segmentation' and 'category_id'")
-        h, w = sizes[image_id]
-        amodal = _to_rle(ann["segmentation"], h, w, f"{where} segmentation")
-        visible = (_to_rle(ann["visible_mask"], h, w, f"{where} visible_mask")
-                   if ann.get("visible_mask") is not None else amodal)
-        for r, label in ((amodal, "segmentation"), (visible, "visible_mask")):
-            if isinstance(r["counts"], str) and not (label == "visible_mask" and r is amodal):
-                rles.append(r)
-                wheres.append(f"{where} {label}")
-        per_image[image_id].append(dict(
-            id=ann.get("id", k + 1), category=ann["category_id"], amodal=amodal,
-            visible=visible, area=ann.get("area"), crowd=ann.get("iscrowd", 0),
-            occlusion=ann.get("occlude_rate"), order=ann.get("order"),
-            stuff=ann.get("isStuff", 0)))
-    _check_compressed_rles(rles, wheres.__getitem__)
-    if "categories" in data:
-        categories = sorted({c["id"] for c in data["categories"]})
-    else:
-        categories = sorted({a["category_id"] for a in data["annotations"]})
-    images = [_build_image(i, sizes[i], per_image[i], None) for i in sorted(sizes)]
-    return images, categories
-
-
-def _parse_constraints(text, orders: np.ndarray, where: str) -> np.ndarray:
-    """int64 [C, 2] GT index pairs (front, back) from a COCOA ``"a-b,c-d"`` string."""
-    if not text:
-        return np.zeros((0, 2), np.int64)
-    pairs = []
-    for item in str(text).split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            front, back = (int(v) for v in item.split("-"))
-        except ValueError:
-            raise ValueError(f"{where}: depth constraint {item!r} is not 'a-b'") from None
-        idx = []
-        for value in (front, back):
-            hits = np.flatnonzero(orders == value)
-            if len(hits) != 1:
-                raise ValueError(f"{where}: depth constraint {item!r} names order {value}, "
-                                 f"held by {len(hits)} regions")
-            idx.append(int(hits[0]))
-        pairs.append(idx)
-    return np.array(pairs, np.int64).reshape(-1, 2)
-
-
-def _load_cocoa_gt(data: dict, name: str) -> tuple[list[_ImageGT], list[int]]:
-    """COCOA per-image GT: one annotation object per image and annotator, with ``regions``.
-
-    The first annotation object of each image is used (as amodalAPI does); evaluation
-    is class-agnostic (every region has category 1).
-    """
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{name}: COCOA GT must be a dict with 'images' and 'annotations'")
-    sizes = _images_index(data["images"], name)
-    first: dict[int, dict] = {}
-    for k, ann in enumerate(data["annotations"]):
-        image_id = ann.get("image_id")
-        if image_id not in sizes:
-            raise ValueError(f"{name}: annotation id {ann.get('id', f'#{k}')}: image_id "
-                             f"{image_id} not in 'images'")
-        if "regions" not in ann:
-            raise ValueError(f"{name}: annotation id {ann.get('id', f'#{k}')}: no 'regions' "
-                             "(is this a COCO-format file? use --format coco)")
-        first.setdefault(image_id, ann)
-    images, rles, wheres = [], [], []
-    for image_id in sorted(sizes):
-        h, w = sizes[image_id]
-        ann = first.get(image_id, {"regions": []})
-        regions = []
-        for j, region in enumerate(ann["regions"]):
-            where = f"{name}: image {image_id} region {j}"
-            if "segmentation" not in region:
-                raise ValueError(f"{where}: no 'segmentation'")
-            amodal = _to_rle(region["segmentation"], h, w, f"{where} segmentation")
-            visible = (_to_rle(region["visible_mask"], h, w, f"{where} visible_mask")
-                       if region.get("visible_mask") is not None else amodal)
-            for r, label in ((amodal, "segmentation"), (visible, "visible_mask")):
-                if isinstance(r["counts"], str) and not (label == "visible_mask"
-                                                         and r is amodal):
-                    rles.append(r)
-                    wheres.append(f"{where} {label}")
-            regions.append(dict(
-                id=j + 1, category=1, amodal=amodal, visible=visible,
-                area=region.get("area"), crowd=0, occlusion=region.get("occlude_rate", 0.0),
-                order=region.get("order"), stuff=region.get("isStuff", 0)))
-        orders = np.array([np.nan if r["order"] is None else r["order"] for r in regions],
-                          np.float64)
-        constraints = _parse_constraints(ann.get("depth_constraint", ""), orders,
-                                         f"{name}: image {image_id}")
-        images.append(_build_image(image_id, (h, w), regions, constraints))
-    _check_compressed_rles(rles, wheres.__getitem__)
-    return images, [1]
-
-
-def _load_results(results: list, images: list[_ImageGT], name: str) -> list[_ImageDets]:
-    """Per-image detections (same order as ``images``), validated against the GT."""
-    if not isinstance(results, list):
-        raise ValueError(f"{name}: results must be a JSON list of detections")
-    index = {img.image_id: k for k, img in enumerate(images)}
-    sizes = {img.image_id: [img.height, img.width] for img in images}
-    per_image: list[list[int]] = [[] for _ in images]
-    uses_bbox = bool(results) and isinstance(results[0], dict) and bool(results[0].get("bbox"))
-    has_visible = all(isinstance(r, dict) and r.get("visible_mask") is not None
-                      for r in results)
-    labels = ("segmentation", "visible_mask") if has_visible else ("segmentation",)
-
-    def where(k: int) -> str:
-        r = results[k]
-        return f"{name}: result #{k} (image_id {r.get('image_id')})"
-
-    rles, owners, converted = [], [], []
-    for k, r in enumerate(results):
-        if not isinstance(r, dict):
-            raise ValueError(f"{name}: result #{k} is not a JSON object")
-        image_id = r.get("image_id")
-        if image_id not in index:
-            raise ValueError(f"{where(k)}: image_id not in the GT file")
-        score = r.get("score")
-        if (not isinstance(score, (int, float)) or isinstance(score, bool)
-                or not math.isfinite(score) or score < 0):
-            raise ValueError(f"{where(k)}: score {score!r} must be a finite number >= 0")
-        if uses_bbox and (not isinstance(r.get("bbox"), (list, tuple)) or len(r["bbox"]) != 4):
-            raise ValueError(f"{where(k)}: 'bbox' must be [x, y, w, h] (the first result has one)")
-        entry = dict(r)
-        for label in labels:
-            segm = r.get(label)
-            # Fast path: compressed RLE of the right size (checked in bulk below).
-            if not (isinstance(segm, dict) and isinstance(segm.get("counts"), str)
-                    and segm.get("size") == sizes[image_id]):
-                if segm is None:
-                    raise ValueError(f"{where(k)}: no '{label}'")
-                h, w = sizes[image_id]
-                segm = entry[label] = _to_rle(segm, h, w, f"{where(k)} {label}")
-            if isinstance(segm["counts"], (str, bytes)):
-                rles.append(segm)
-                owners.append((k, label))
-        converted.append(entry)
-        per_image[index[image_id]].append(k)
-    _check_compressed_rles(rles, lambda i: f"{where(owners[i][0])} {owners[i][1]}")
-    out = []
-    for members in per_image:
-        rs = [converted[k] for k in members]
-        amodal = [r["segmentation"] for r in rs]
-        visible = [r["visible_mask"] for r in rs] if has_visible else None
-        amodal_area = mask_utils.area(amodal).astype(np.float64) if rs else np.zeros(0)
-        visible_area = (mask_utils.area(visible).astype(np.float64) if rs and has_visible
-                        else np.zeros(len(rs)))
-        if uses_bbox:
-            box_area = np.array([float(r["bbox"][2]) * float(r["bbox"][3]) for r in rs],
-                                np.float64)
-        occlusion = np.array([r["occlude_rate"] if r.get("occlude_rate") is not None
-                              else np.nan for r in rs], np.float64)
-        if has_visible:
-            occlusion = np.where(np.isnan(occlusion),
-                                 _occlusion_from_areas(visible_area, amodal_area), occlusion)
-        out.append(_ImageDets(
-            scores=np.array([r["score"] for r in rs], np.float64),
-            categories=np.array([r.get("category_id", 1) for r in rs], np.int64),
-            amodal=amodal, visible=visible,
-            area=box_area if uses_bbox else amodal_area,
-            visible_area=box_area if uses_bbox else visible_area,
-            occlusion=occlusion,
-            depth_order=[r.get("depth_order") for r in rs]))
-    return out
 
 
 # ---------------------------------------------------------------------------- matching
@@ -565,7 +175,7 @@ def _greedy_match(ious: np.ndarray, crowd: np.ndarray, gt_ignore: np.ndarray,
     return matched, ignored
 
 
-def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
+def _match_groups(groups: list[_Group], images: list[ImageGT]) -> None:
     """Fill ``matched`` and ``ignored`` of every group, in padded chunks of similar size."""
     if not groups:
         return
@@ -609,7 +219,7 @@ def _match_groups(groups: list[_Group], images: list[_ImageGT]) -> None:
 
 # -------------------------------------------------------------------------- accumulate
 
-def _accumulate(groups: list[_Group], dets: list[_ImageDets], num_categories: int,
+def _accumulate(groups: list[_Group], dets: list[ImageDets], num_categories: int,
                 num_settings: int) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval.accumulate: precision float64 [T, R, K, S, M] and recall [T, K, S, M]."""
     t_n, r_n, m_n = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(MAX_DETS)
@@ -685,7 +295,7 @@ def _settings(fmt: str, variant: str) -> list[_Setting]:
     return out
 
 
-def _evaluate_variant(images: list[_ImageGT], dets: list[_ImageDets], categories: list[int],
+def _evaluate_variant(images: list[ImageGT], dets: list[ImageDets], categories: list[int],
                       variant: str, fmt: str) -> _VariantResult:
     """Match and accumulate one mask type (``'amodal'`` or ``'modal'``)."""
     settings = _settings(fmt, variant)
@@ -762,7 +372,7 @@ def _variant_metrics(result: _VariantResult, variant: str, fmt: str) -> dict[str
 
 # ------------------------------------------------------------------ occlusion and order
 
-def _matched_pairs(result: _VariantResult, images: list[_ImageGT]) -> list[dict[int, int]]:
+def _matched_pairs(result: _VariantResult, images: list[ImageGT]) -> list[dict[int, int]]:
     """Per image {GT index: detection index} matched at IoU 0.5, main setting, maxDets 100."""
     pairs: list[dict[int, int]] = [{} for _ in images]
     for g in result.groups:
@@ -799,46 +409,23 @@ def _occlusion_metrics(pairs, images, dets) -> dict[str, float]:
     }
 
 
-def _predicted_order(det: _ImageDets, members: list[int]) -> dict[tuple[int, int], int]:
+def _predicted_order(det: ImageDets, members: list[int]) -> dict[tuple[int, int], int]:
     """{(a, b): +1 if detection a is in front of b, -1 behind, 0 unknown} for a != b in members.
 
     From the results' ``depth_order`` when every member has one; otherwise from the
-    predicted visible and amodal masks (``sln_jax.layering`` / ``sln_jax.semdist``).
+    predicted visible and amodal masks (``sln_jax.depth_order.from_masks``).
     """
-    rel = {}
     if all(det.depth_order[a] is not None for a in members):
-        for a in members:
-            order = det.depth_order[a]
-            for b in members:
-                if a != b:
-                    value = order.get(str(b), order.get(b, 0)) if isinstance(order, dict) else 0
-                    rel[a, b] = int(np.sign(value))
-        return rel
-    if det.visible is None or len(members) < 2:
-        return {(a, b): 0 for a in members for b in members if a != b}
-    # Imported here: the representation module is only needed for this fallback.
-    from sln_jax import layering, semdist
-    amodal = mask_utils.decode([det.amodal[a] for a in members]).astype(bool)
-    visible = mask_utils.decode([det.visible[a] for a in members]).astype(bool) & amodal
-    # Only pixels under two or more amodal masks carry order evidence: keep those, as a
-    # [N, 1, P] image, so that full-resolution masks stay cheap.
-    shared = amodal.sum(axis=-1) >= 2
-    amodal = amodal[shared].T[:, None, :]
-    visible = visible[shared].T[:, None, :]
-    try:
-        rank = layering.order_from_visibility(amodal, visible)
-        pairwise = semdist.depth_order(layering.instance_layers(amodal, rank))
-    except ValueError:
-        # A cycle in the predicted masks: fall back to pairwise evidence.
-        seen = visible.reshape(len(members), -1).astype(np.float64)
-        hidden = (amodal & ~visible).reshape(len(members), -1).astype(np.float64)
-        evidence = seen @ hidden.T
-        pairwise = np.sign(evidence - evidence.T).astype(np.int8)
-    for i, a in enumerate(members):
-        for j, b in enumerate(members):
-            if a != b:
-                rel[a, b] = int(pairwise[i, j])
-    return rel
+        full = depth_order.from_relations(det.depth_order)
+        pairwise = full[np.ix_(members, members)]
+    elif det.visible is None or len(members) < 2:
+        pairwise = np.zeros((len(members), len(members)), np.int8)
+    else:
+        amodal = np.moveaxis(mask_utils.decode([det.amodal[a] for a in members]), -1, 0)
+        visible = np.moveaxis(mask_utils.decode([det.visible[a] for a in members]), -1, 0)
+        pairwise = depth_order.from_masks(amodal.astype(bool), visible.astype(bool))
+    return {(a, b): int(pairwise[i, j]) for i, a in enumerate(members)
+            for j, b in enumerate(members) if a != b}
 
 
 def _overlaps(rles: list) -> np.ndarray:
@@ -940,12 +527,17 @@ def evaluate(gt: str | os.PathLike | dict, results: str | os.PathLike | list,
     unknown = set(iou_types) - {"amodal", "modal"}
     if unknown:
         raise ValueError(f"iou_types must be 'amodal' / 'modal', got {sorted(unknown)}")
-    gt_name, results_name = _name(gt), _name(results)
-    gt_data = load_json(gt)
-    results_data = load_json(results)
-    loader = _load_cocoa_gt if fmt == "cocoa" else _load_coco_gt
-    images, categories = loader(gt_data, gt_name)
-    dets = _load_results(results_data, images, results_name)
+    images, categories = ground_truth.load(gt, fmt)
+    results_data = ground_truth.load_json(results)
+    dets = load_results(results_data, images, ground_truth.source_name(results))
+    return compute_metrics(images, categories, dets, fmt, iou_types)
+
+
+def compute_metrics(images: list[ImageGT], categories: list[int], dets: list[ImageDets],
+                    fmt: str = "coco", iou_types: Sequence[str] = ("amodal", "modal")
+                    ) -> dict[str, float]:
+    """The metrics of ``evaluate`` on loaded ground truth and per-image detections
+    (``ground_truth.load``; ``results.load_results`` or ``results.from_detections``)."""
     metrics: dict[str, float] = {}
     amodal = _evaluate_variant(images, dets, categories, "amodal", fmt)
     if "amodal" in iou_types:
@@ -996,16 +588,5 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:
-    """Write metrics JSON atomically (temporary file in the same directory, then rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write metrics JSON atomically (sorted keys, indented; ``sln_jax.atomic``)."""
+    atomic.write_json(path, metrics, indent=2, sort_keys=True)

@@ -1,0 +1,121 @@
+"""The paper's settings (docs/SLN.md section 3): the base every run's config overrides.
+
+ResNet-101-FPN with frozen BatchNorm, images resized to max side 1024, K = 4 layers, SGD
+momentum 0.9, lr 0.001 with warmup and step decay, weight decay 1e-4, gradient clipping at
+global norm 5. ``cocoa.py``, ``d2sa.py``, ``kins.py``, ``synthetic.py`` and ``tiny_test.py``
+import it and change only what differs (as flax's ``configs/default.py``):
+
+  python -m sln_jax.main --config configs/d2sa.py --workdir workdir/d2sa
+
+K and the class count are stated once, in ``config.data``; ``config.model`` refers to them
+(``FieldReference``), and the records' ``metadata.json`` is checked against them when a run
+starts (``sln_jax.records.read_metadata``).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The paper's run; every field of a run is here (no hidden defaults)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.multihost = False
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dir = ""  # set by each dataset's config
+    config.data.image_size = 1024
+    config.data.max_instances = 32
+    config.data.mask_target_size = 32
+    config.data.num_layers = 4
+    config.data.num_classes = 1  # set by each dataset's config
+    config.data.train_split = "train"
+    config.data.eval_split = "val"
+    config.data.shuffle_buffer = 2048
+    config.data.flip = True
+    config.data.source = "records"  # or "tfds": dir is a data_prep.tfds_builders version dir
+    config.data.box_jitter = 0.0  # GT boxes += U(-1, 1) x j x size (input_pipeline)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = "resnet101"
+    config.model.backbone_width = 64  # used by resnet_tiny only
+    config.model.norm = "frozen_bn"
+    # ImageNet ResNet weights, .npz or .safetensors (sln_jax/models/pretrained.py); the
+    # paper starts from them: set it with --config.model.pretrained_backbone=FILE.
+    config.model.pretrained_backbone = ""
+    # Or a whole torchvision Mask R-CNN state dict (sln_jax/models/torchvision_import.py).
+    config.model.pretrained_maskrcnn = ""
+    config.model.fpn_dim = 256
+    config.model.mask_head_dim = 256
+    # Stated once, in config.data: the model's fields are references to it, so an override
+    # of either (--config.data.num_layers=6 or --config.model.num_layers=6) changes both,
+    # and training checks them against the records' metadata.json at start-up.
+    config.model.num_classes = config.data.get_ref("num_classes")
+    config.model.num_layers = config.data.get_ref("num_layers")
+    config.model.anchor_sizes = (32, 64, 128, 256, 512)
+    config.model.anchor_ratios = (0.5, 1.0, 2.0)
+    config.model.rpn_pre_nms_topk = 2000
+    config.model.rpn_post_nms_topk = 1000
+    config.model.rpn_nms_threshold = 0.7
+    config.model.rpn_batch_per_image = 256
+    config.model.rpn_positive_fraction = 0.5
+    config.model.roi_batch_per_image = 100
+    config.model.roi_positive_fraction = 0.7
+    config.model.mask_rois_per_image = 64
+    config.model.mask_slot_buckets = 3  # head cost follows the positives (models/sln.py)
+    config.model.roi_positive_iou = 0.5
+    config.model.box_pool_size = 7
+    config.model.mask_pool_size = 16
+    config.model.mask_size = 32
+    config.model.head = "layers"
+    config.model.class_agnostic_masks = True
+    config.model.glm = True
+    config.model.glm_dim = 256
+    config.model.score_threshold = 0.7
+    config.model.nms_threshold = 0.3
+    config.model.max_detections = 100
+    config.model.dtype = "float32"  # "bfloat16" for mixed precision on TPU / recent GPUs
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.rpn_cls = 1.0
+    config.loss.rpn_box = 1.0
+    config.loss.box_cls = 1.0
+    config.loss.box_reg = 1.0
+    config.loss.layers = 1.0
+    config.loss.amodal = 1.0
+    config.loss.semdist = 1.0
+    config.loss.glm = 1.0
+    config.loss.occluded_pixel_weight = 1.0  # layers CE weight of hidden pixels
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 20000
+    # 1 image per device as in the reference, on 8 accelerators: set to your device count.
+    config.train.batch_size = 8
+    config.train.log_every = 100
+    # Regex patterns over parameter paths that are not trained (sln_jax/frozen.py).
+    config.train.frozen = ()
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 1e-3
+    config.optim.momentum = 0.9
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.weight_decay = 1e-4
+    config.optim.schedule = "step"
+    config.optim.warmup_steps = 500
+    config.optim.warmup_factor = 0.001
+    config.optim.decay_at = (0.67, 0.89)
+    config.optim.decay_factor = 0.1
+    config.optim.clip_norm = 5.0
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every_steps = 5000
+    config.eval.batch_size = 8
+    config.eval.gt_json = ""
+    config.eval.format = "coco"
+    config.eval.num_pictures = 8
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 1000
+    config.checkpoint.keep = 3
+    return config

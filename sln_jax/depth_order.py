@@ -1,0 +1,175 @@
+"""The pairwise depth-order matrix: its one owner, whatever it is built from.
+
+A depth order of N instances is an int8 [N, N] matrix: [i, j] = +1 where i is in front of
+j, -1 where it is behind, 0 where they do not overlap, tie or are unknown; the matrix is
+antisymmetric. ``sln_jax.semdist.depth_order`` defines it on layering maps; this module
+builds it from everything else the project holds, and converts it to and from the
+results-JSON form (``depth_order``: {index of another detection: +1 / -1} per detection).
+
+Ground floor: NumPy only (with ``layering`` and ``semdist``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sln_jax import layering, semdist
+
+__all__ = ["from_relations", "to_relations", "from_rank", "from_masks", "from_layer_windows",
+           "from_probability_windows"]
+
+
+def from_relations(relations: Sequence[Mapping[Any, Any] | None], n: int | None = None
+                   ) -> np.ndarray:
+    """int8 [N, N] from per-detection ``depth_order`` dicts (keys int or str indices).
+
+    Entry [i, j] is the sign of ``relations[i][j]``; keys that are not indices 0..N-1
+    other than i, and detections without a dict, give 0.
+
+    Args:
+      relations: [N] dicts {index of another detection: +1 in front / -1 behind}, or None.
+      n: N (default ``len(relations)``).
+    """
+    n = len(relations) if n is None else n
+    order = np.zeros((n, n), np.int8)
+    for i, relation in enumerate(relations[:n]):
+        if not isinstance(relation, Mapping):
+            continue
+        for key, value in relation.items():
+            try:
+                j = int(key)
+            except (TypeError, ValueError):
+                continue  # not a detection index: says nothing about the order
+            if 0 <= j < n and j != i:
+                order[i, j] = int(np.sign(value))
+    return order
+
+
+def to_relations(order: np.ndarray) -> list[dict[int, int]]:
+    """Per detection {index of another detection: +1 / -1} of the non-zero entries."""
+    order = np.asarray(order)
+    return [{int(j): int(order[i, j]) for j in np.flatnonzero(order[i])}
+            for i in range(order.shape[0])]
+
+
+def from_rank(amodal: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """int8 [N, N] of overlapping instances from a depth rank (smaller = nearer).
+
+    Args:
+      amodal: bool [N, H, W] amodal masks.
+      rank: int [N] depth rank.
+
+    Returns:
+      +1 where i is in front of j and their amodal masks overlap, -1 for the reverse,
+      0 otherwise.
+    """
+    n = amodal.shape[0]
+    flat = amodal.reshape(n, amodal[0].size if n else 0).astype(np.float32)
+    overlap = (flat @ flat.T) > 0
+    rank = np.asarray(rank)
+    graph = np.sign(rank[None, :] - rank[:, None]) * overlap
+    np.fill_diagonal(graph, 0)
+    return graph.astype(np.int8)
+
+
+def from_masks(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """int8 [N, N] from amodal and visible masks (predictions without a depth order).
+
+    The rank consistent with the masks (``layering.order_from_visibility``) gives the
+    layers and their order; when the masks hold a cycle, the pairwise evidence decides
+    (i in front of j where i is seen on more of j's hidden part than the reverse).
+
+    Args:
+      amodal: bool [N, H, W] amodal masks.
+      visible: bool [N, H, W] visible masks (outside the amodal mask ignored).
+    """
+    amodal = np.asarray(amodal, bool)
+    visible = np.asarray(visible, bool) & amodal
+    n = amodal.shape[0]
+    # Only pixels under two or more amodal masks carry order evidence: keep those, as a
+    # [N, 1, P] image, so that full-resolution masks stay cheap.
+    flat_amodal = amodal.reshape(n, -1)
+    shared = flat_amodal.sum(axis=0) >= 2
+    amodal = flat_amodal[:, shared][:, None, :]
+    visible = visible.reshape(n, -1)[:, shared][:, None, :]
+    try:
+        rank = layering.order_from_visibility(amodal, visible)
+        return semdist.depth_order(layering.instance_layers(amodal, rank))
+    except ValueError:
+        seen = visible.reshape(n, -1).astype(np.float64)
+        hidden = (amodal & ~visible).reshape(n, -1).astype(np.float64)
+        evidence = seen @ hidden.T
+        return np.sign(evidence - evidence.T).astype(np.int8)
+
+
+def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+    """int8 [N, N] from full-image layering maps, each pair read on its boxes' overlap.
+
+    Args:
+      layers: [N] int32 [H, W] layering maps (-1 outside the amodal mask).
+      boxes: float [N, 4] (y1, x1, y2, x2) boxes holding each map's amodal mask.
+    """
+    n = len(layers)
+    order = np.zeros((n, n), np.int8)
+    for i in range(n):
+        for j in range(i + 1, n):
+            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
+            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
+            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
+            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
+            if bottom <= top or right <= left:
+                continue
+            window = np.stack([layers[i][top:bottom, left:right],
+                               layers[j][top:bottom, left:right]])
+            pair = semdist.depth_order(window)
+            order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
+    return order
+
+
+def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal: list[np.ndarray],
+                      boxes: np.ndarray) -> np.ndarray:
+    """int8 [N, N] from per-layer probabilities (head 'layers'): i is in front of j when the
+    evidence that i is seen where j is hidden, sum_p P_i(visible) P_j(hidden), exceeds the
+    converse, for pairs whose amodal masks overlap.
+
+    Hard argmax layers leave a pair unordered (a tie) whenever both heads call the overlap
+    visible, which an unsure head does often; the joint probabilities order nearly every
+    overlapping pair and, on the main job, raised order accuracy from 0.41 to 0.56 with no
+    retraining (``benchmarks/diagnose.py``, "seen vs hidden (soft)").
+
+    Args:
+      windows: per detection (top, left, probs float32 [h, w, K]) ``layer_probs`` pasted on
+        its box window of the original image.
+      amodal: per detection bool [H, W] amodal mask.
+      boxes: float [N, 4] (y1, x1, y2, x2) original pixels.
+    """
+    n = len(windows)
+    order = np.zeros((n, n), np.int8)
+
+    def cut(k, top, left, bottom, right):
+        t, l, probs = windows[k]
+        probs = probs[max(top - t, 0):max(bottom - t, 0), max(left - l, 0):max(right - l, 0)]
+        # The window may be smaller than the pair's box overlap (it is clipped to the box);
+        # outside it the detection's probabilities are 0.
+        out = np.zeros((bottom - top, right - left, probs.shape[-1]), np.float32)
+        oy, ox = max(t - top, 0), max(l - left, 0)
+        out[oy:oy + probs.shape[0], ox:ox + probs.shape[1]] = probs[:out.shape[0] - oy,
+                                                                    :out.shape[1] - ox]
+        return out[..., 0], out[..., 1:].sum(axis=-1)
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
+            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
+            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
+            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
+            if bottom <= top or right <= left or not np.any(
+                    amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
+                continue
+            seen_i, hidden_i = cut(i, top, left, bottom, right)
+            seen_j, hidden_j = cut(j, top, left, bottom, right)
+            sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
+            order[i, j], order[j, i] = sign, -sign
+    return order
