@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from sln_jax import frozen, train
+from sln_jax import frozen, train, train_state
 from test_train import optim_config
 from tiny_dataset import make_tiny_dataset, tiny_config
 
@@ -68,7 +68,7 @@ def test_bad_patterns_are_named():
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_frozen_leaves_get_no_update_no_decay_and_no_state(name):
-    tx, _ = train.create_optimizer(optim_config(name=name, schedule="constant",
+    tx, _ = train_state.create_optimizer(optim_config(name=name, schedule="constant",
                                                 warmup_steps=0, weight_decay=0.5),
                                    10, frozen=("^backbone/",))
     opt_state = tx.init(PARAMS)
@@ -86,7 +86,7 @@ def test_frozen_leaves_get_no_update_no_decay_and_no_state(name):
 def test_clipping_norm_counts_trainable_leaves_only():
     config = optim_config(schedule="constant", warmup_steps=0, clip_norm=1.0, weight_decay=0.0,
                           momentum=0.0)
-    tx, _ = train.create_optimizer(config, 10, frozen=("^backbone/",))
+    tx, _ = train_state.create_optimizer(config, 10, frozen=("^backbone/",))
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 100.0), PARAMS)
     grads["fpn"] = {"lateral2": {"kernel": jnp.full((1, 1, 4, 2), 0.1),
                                  "bias": jnp.full((2,), 0.1)}}
@@ -96,10 +96,10 @@ def test_clipping_norm_counts_trainable_leaves_only():
 
 
 def test_frozen_parameters_do_not_move_in_train_steps():
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
     patterns = ("^backbone/(conv1|bn1|layer1_|layer2_)",)
-    tx, _ = train.create_optimizer(optim_config(), 20, frozen=patterns)
-    state = train.create_train_state(BackboneRegressor(), tx, 0, (1, 32, 32, 3), mesh)
+    tx, _ = train_state.create_optimizer(optim_config(), 20, frozen=patterns)
+    state = train_state.create_train_state(BackboneRegressor(), tx, 0, (1, 32, 32, 3), mesh)
     before = jax.device_get(state.params)
     step = train.jit_train_step(mse, mesh, frozen=patterns)
     for seed in range(3):
@@ -120,11 +120,11 @@ def test_frozen_parameters_do_not_move_in_train_steps():
 
 def test_a_frozen_backbone_is_not_differentiated():
     """XLA drops the backward pass of a fully frozen backbone: far fewer flops per step."""
-    mesh = train.create_mesh()
+    mesh = train_state.create_mesh()
 
     def flops(patterns):
-        tx, _ = train.create_optimizer(optim_config(), 20, frozen=patterns)
-        state = train.create_train_state(BackboneRegressor(), tx, 0, (1, 32, 32, 3), mesh)
+        tx, _ = train_state.create_optimizer(optim_config(), 20, frozen=patterns)
+        state = train_state.create_train_state(BackboneRegressor(), tx, 0, (1, 32, 32, 3), mesh)
         step = train.jit_train_step(mse, mesh, frozen=patterns)
         compiled = step.lower(state, train.shard_batch(batch(0), mesh)).compile()
         analysis = compiled.cost_analysis()

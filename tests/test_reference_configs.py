@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sln_jax import frozen, train
+from sln_jax import frozen, train, train_state
 from sln_jax.models import sln
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -42,7 +42,7 @@ def test_reference_protocol(name):
         config.train.batch_size = batch
         assert config.optim.learning_rate == pytest.approx(1e-3 * batch)
         assert config.train.num_steps == 15000 // batch
-        schedule = train.create_learning_rate_schedule(config.optim, config.train.num_steps)
+        schedule = train_state.create_learning_rate_schedule(config.optim, config.train.num_steps)
         decay = 12500 // batch
         assert float(schedule(0)) == pytest.approx(1e-3 * batch)
         assert float(schedule(decay - 1)) == pytest.approx(1e-3 * batch)
