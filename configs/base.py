@@ -69,7 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "layers"
     config.model.class_agnostic_masks = True
     config.model.glm = True
-    config.model.glm_dim = 256
+    # 128 as Panoptic FPN's semantic head (Kirillov et al. 2019), whose design the GLM follows
+    # (docs/SLN.md: the reference's GLM is a frozen DeepLab): its 3x3 convs at stride 4 are
+    # its whole cost, and at 256 it cost as much as a ResNet-50 at 512 px
+    # (benchmarks/bench_vs_torchvision.py, the step by part).
+    config.model.glm_dim = 128
     config.model.score_threshold = 0.7
     config.model.nms_threshold = 0.3
     config.model.max_detections = 100
