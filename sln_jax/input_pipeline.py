@@ -39,6 +39,7 @@ Choices:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import numpy as np

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from pycocotools import mask as mask_utils
 
-from data_prep import records
+from sln_jax import records
 from data_prep.tfds_builders import AmodalConfig, SyntheticConfig
 
 K, P = 3, 14  # configs/tiny_test.py
