@@ -67,9 +67,7 @@ def measure(config, state, batch: dict, steps: int) -> list[dict]:
     outputs = jax.jit(lambda p, x, g: apply({"params": p, "batch_stats": batch_stats}, x, g,
                                             train=True, rngs={"sampling": jax.random.key(0)}))(
         params, images, batch)
-    slots = outputs["mask_valid"].shape[1]
-    needed = int(jnp.max(jnp.sum(outputs["mask_valid"], axis=1)))
-    n = next(k for k in sln_lib.mask_slot_buckets(cfg) + (slots,) if k >= needed)
+    n = outputs["mask_valid"].shape[1]  # Np layering-head slots per image
     gt_boxes, gt_valid = batch["boxes"], batch["valid"].astype(bool)
     rpn_logits, rpn_deltas = jax.jit(lambda p, pyr: call(lambda m, q: m.rpn(q), p, pyr))(
         params, pyramid[:levels])
