@@ -14,12 +14,28 @@ Ground floor: absl only.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Callable, Sequence
 
 from absl import flags
 
-__all__ = ["parse"]
+__all__ = ["parse", "rerun_command", "stopped"]
+
+
+def rerun_command(module: str) -> str:
+    """This process's command line as ``python -m MODULE ARGS`` (shell-quoted)."""
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def stopped(status: int, what: str, module: str) -> SystemExit:
+    """Prints ``what`` and the command that resumes the run; returns ``SystemExit(status)``.
+
+    For a run that stopped on SIGINT / SIGTERM (status 130 / 143): no traceback, one
+    sentence and the command (this process's own, since the run resumes from its workdir).
+    """
+    print(f"{what}\nresume with: {rerun_command(module)}", file=sys.stderr, flush=True)
+    return SystemExit(status)
 
 
 def parse(define: Callable[[flags.FlagValues], None], argv: Sequence[str] | None,

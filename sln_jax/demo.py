@@ -25,7 +25,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import atomic, runtime
+from sln_jax import atomic, cli, runtime
 
 FLAGS = flags.FLAGS
 METRICS_MARKDOWN = "metrics.md"
@@ -173,7 +173,13 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     train.quiet_library_logs()
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    run(FLAGS.config, FLAGS.workdir)
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except train.TrainingInterrupted as stop:
+        raise cli.stopped(stop.exit_status, f"{stop}.", "sln_jax.demo") from None
+    except KeyboardInterrupt:
+        raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
+                          "sln_jax.demo") from None
 
 
 if __name__ == "__main__":

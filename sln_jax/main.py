@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import checkpoints, runtime, train, train_state
+from sln_jax import checkpoints, cli, runtime, train, train_state
 
 FLAGS = flags.FLAGS
 
@@ -90,7 +90,13 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    run(config, FLAGS.workdir, FLAGS.mode)
+    try:
+        run(config, FLAGS.workdir, FLAGS.mode)
+    except train.TrainingInterrupted as stop:
+        raise cli.stopped(stop.exit_status, f"{stop}.", "sln_jax.main") from None
+    except KeyboardInterrupt:
+        raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
+                          "sln_jax.main") from None
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ import functools
 import json
 import logging as pylogging
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -67,6 +69,7 @@ from sln_jax.train_state import (DATA_AXIS, TrainState, create_mesh, create_opti
 
 __all__ = [
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "shard_batch",
     "train_step",
     "eval_step",
@@ -82,6 +85,60 @@ __all__ = [
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN or inf; the run stops without saving."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped training after a step whose checkpoint was written.
+
+    Attributes:
+      signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+      step: the step of the checkpoint written before stopping.
+      directory: the checkpoint directory.
+      exit_status: ``128 + signum`` (130 for SIGINT, 143 for SIGTERM), the shell's convention.
+    """
+
+    def __init__(self, signum: int, step: int, directory: str):
+        self.signum, self.step, self.directory = int(signum), int(step), str(directory)
+        self.exit_status = 128 + self.signum
+        super().__init__(f"{signal.Signals(signum).name}: training stopped after step {step}; "
+                         f"checkpoint written to {directory}")
+
+
+class _StopOnSignals:
+    """Within ``with``: SIGINT / SIGTERM only set ``signum``, so the loop finishes its step.
+
+    A second signal restores the default handlers and raises ``KeyboardInterrupt`` (a user who
+    presses Ctrl-C twice does not wait). Outside the main thread, where Python cannot install
+    handlers, nothing changes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning("%s received: finishing step, then writing a checkpoint "
+                        "(send it again to stop at once)", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 # -------------------------------------------------------------------------- steps
@@ -404,6 +461,8 @@ class Trainer:
 
         Raises:
           NonFiniteLossError: when a step's loss or gradient norm is NaN / inf.
+          TrainingInterrupted: after SIGINT / SIGTERM (handled while the loop runs): the
+            current step finished and its checkpoint was written.
         """
         config = self.config
         # K, P and the class count of the records must be the config's: fail before any work.
@@ -443,6 +502,8 @@ class Trainer:
         history: list[dict[str, jax.Array]] = []
         previous: dict[str, jax.Array] | None = None
         timer_start, timed_steps = None, 0
+        saved_step = start_step
+        stop = _StopOnSignals().__enter__()
         try:
             for step in range(start_step + 1, last_step + 1):
                 state, metrics = self.train_step(state, next(train_batches))
@@ -471,12 +532,21 @@ class Trainer:
                 if step % save_every == 0 or is_last:
                     _check_finite(metrics, step, manager)
                     save_checkpoint(manager, state, config)
-                if eval_every and step % eval_every == 0 and step != self.num_steps:
+                    saved_step = step
+                if (stop.signum is None and eval_every and step % eval_every == 0
+                        and step != self.num_steps):
                     val = self.evaluate_state(state)
                     writer.write_scalars(step, {f"val/{k}": v for k, v in val.metrics.items()})
                     logging.info("step %d val %s", step, _format_val(val.metrics))
                     timer_start, timed_steps = time.perf_counter(), 0
+                if stop.signum is not None:
+                    if saved_step != step:
+                        _check_finite(metrics, step, manager)
+                        save_checkpoint(manager, state, config)
+                    manager.wait_until_finished()
+                    raise TrainingInterrupted(stop.signum, step, str(manager.directory))
         finally:
+            stop.__exit__()
             manager.wait_until_finished()
             manager.close()
             writer.close()
