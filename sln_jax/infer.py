@@ -551,13 +551,31 @@ def main(argv: Sequence[str]) -> None:
     train_state.use_classic_prng()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
+    from sln_jax import cli
+    prog = "python -m sln_jax.infer"
     canvas_sizes = [int(s) for s in FLAGS.canvas_sizes] if FLAGS.canvas_sizes else None
-    run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
-        annotations=FLAGS.annotations, layers=FLAGS.layers,
-        score_threshold=FLAGS.score_threshold, canvas_sizes=canvas_sizes,
-        batch_size=FLAGS.batch_size, pictures=FLAGS.pictures,
-        picture_min_score=FLAGS.picture_min_score, evaluate=FLAGS.evaluate,
-        annotations_format=FLAGS.format)
+    try:
+        find_images(FLAGS.images)
+    except FileNotFoundError as error:
+        raise cli.error(prog, error, status=2) from None
+    if FLAGS.evaluate and not FLAGS.annotations:
+        raise cli.error(prog, "--evaluate needs --annotations (the GT JSON to score against)",
+                        status=2)
+    try:  # the user's files: checkpoint, its config, annotations
+        predictor = Predictor(FLAGS.config, FLAGS.checkpoint, canvas_sizes=canvas_sizes,
+                              batch_size=FLAGS.batch_size, score_threshold=FLAGS.score_threshold)
+        if FLAGS.annotations:
+            image_ids_from_annotations(FLAGS.annotations)
+    except (FileNotFoundError, ValueError) as error:
+        raise cli.error(prog, error) from None
+    summary = run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
+                  annotations=FLAGS.annotations, layers=FLAGS.layers,
+                  pictures=FLAGS.pictures, picture_min_score=FLAGS.picture_min_score,
+                  evaluate=FLAGS.evaluate, annotations_format=FLAGS.format,
+                  predictor=predictor)
+    if summary["num_images"] == 0:
+        raise cli.error(prog, f"no image predicted: {summary['num_unreadable']} unreadable, "
+                        f"{summary['num_unmatched']} not in --annotations (see above)")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,11 @@ def main(argv: list[str]) -> None:
     tf.config.set_visible_devices([], "GPU")
     train_state.use_classic_prng()
     train.quiet_library_logs()
-    config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
+    try:
+        config = (FLAGS.config if FLAGS.config is not None
+                  else checkpoints.load_config(FLAGS.workdir))
+    except FileNotFoundError as error:  # no --config and not a training workdir
+        raise cli.error("python -m sln_jax.main", error) from None
     if FLAGS.coordinator_address is not None:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
@@ -97,8 +101,10 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
                           "sln_jax.main") from None
+    except FileNotFoundError as error:  # no checkpoint to evaluate, no records, ...
+        raise cli.error("python -m sln_jax.main", error) from None
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_global("python -m sln_jax.main"))

@@ -288,3 +288,44 @@ def test_cli_writes_results_pictures_and_layers(trained, tmp_path):
     assert len(results) > 0
     assert len(os.listdir(tmp_path / "pictures")) == 3
     assert os.path.isdir(tmp_path / "layers")
+
+
+def _run_infer_cli(*args: str):
+    import subprocess
+    import sys
+
+    from tiny_dataset import REPO
+    from xla_env import subprocess_env
+    return subprocess.run([sys.executable, "-m", "sln_jax.infer", *args], cwd=REPO,
+                          env=dict(subprocess_env(), PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(done, status: int, text: str) -> None:
+    assert done.returncode == status, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "sln_jax.infer: error:" in line]
+    assert len(lines) == 1 and text in lines[0], done.stderr[-2000:]
+
+
+def test_cli_no_image_matches_is_a_one_line_error(tmp_path):
+    done = _run_infer_cli(f"--checkpoint={tmp_path}", f"--images={tmp_path / 'no' / '*.png'}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 2, "no such file, directory or match")
+
+
+def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
+    Image.fromarray(_random_rgb(32, 32)).save(tmp_path / "a.png")
+    done = _run_infer_cli(f"--checkpoint={tmp_path / 'workdir'}", f"--images={tmp_path}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 1, "no checkpoint in")
+
+
+@pytest.mark.slow
+def test_cli_fails_when_every_input_is_unreadable(trained, tmp_path):
+    _, workdir, _ = trained
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    done = _run_infer_cli(f"--checkpoint={workdir}", f"--images={tmp_path / 'images'}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 1, "no image predicted: 1 unreadable")
