@@ -42,6 +42,7 @@ import json
 import logging as pylogging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -52,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tqdm
 from absl import logging
 from flax.metrics import tensorboard
 from jax.experimental import multihost_utils
@@ -301,12 +303,31 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {name: float(np.mean([h[name] for h in history])) for name in history[0]}
 
 
-def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``: a duration for progress lines."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _progress_line(step: int, num_steps: int, scalars: dict[str, float],
+                   steps_per_sec: float | None = None) -> str:
+    """``step 25/1000 (2%) 1.32 steps/s ETA 12 min 18 s | loss terms...``.
+
+    The ETA counts training steps only (evaluations inside training add to it).
+    """
     terms = " ".join(
         f"{name.removeprefix('train/').removeprefix('loss/')}={value:.4g}"
         for name, value in sorted(scalars.items())
     )
-    return f"step {step}/{num_steps} {terms}"
+    head = f"step {step}/{num_steps} ({100 * step // max(num_steps, 1)}%)"
+    if steps_per_sec:
+        head += (f" {steps_per_sec:.3g} steps/s ETA "
+                 f"{format_duration((num_steps - step) / steps_per_sec)}")
+    return f"{head} | {terms}"
 
 
 # --------------------------------------------------------------------- evaluation
@@ -523,11 +544,13 @@ class Trainer:
                     _check_finite(metrics, step, manager)
                     scalars = {f"train/{k}": v for k, v in _mean_metrics(history).items() if k != "finite"}
                     scalars["train/lr"] = float(self.schedule(step - 1))
+                    steps_per_sec = None
                     if timed_steps:
-                        elapsed = time.perf_counter() - timer_start
-                        scalars["train/images_per_sec"] = timed_steps * images_per_step / elapsed
+                        steps_per_sec = timed_steps / (time.perf_counter() - timer_start)
+                        scalars["train/images_per_sec"] = steps_per_sec * images_per_step
                     writer.write_scalars(step, scalars)
-                    logging.info("%s", _progress_line(step, self.num_steps, scalars))
+                    logging.info("%s", _progress_line(step, self.num_steps, scalars,
+                                                      steps_per_sec))
                     history, timer_start, timed_steps = [], time.perf_counter(), 0
                 if step % save_every == 0 or is_last:
                     _check_finite(metrics, step, manager)
@@ -573,7 +596,15 @@ class Trainer:
         )
         evaluator = evaluation.Evaluator(_eval_gt_json(config), config.eval.format)
         pictures: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+        split = records.read_metadata(config.data.dir)["splits"].get(config.data.eval_split, {})
+        total = split.get("num_examples")
+        batch_size = int(config.eval.batch_size)
+        bar = tqdm.tqdm(
+            total=None if total is None else -(-int(total) // batch_size),
+            desc=f"evaluate {config.data.eval_split}", unit="batch", file=sys.stderr,
+            disable=jax.process_index() != 0, leave=False, mininterval=2.0)
         for host_batch in batches:
+            bar.update(1)
             images = shard_batch({"image": host_batch["image"]}, self.mesh)["image"]
             outputs = multihost_utils.global_array_to_host_local_array(
                 self._eval_step(state, images), self.mesh, P(DATA_AXIS)
@@ -594,6 +625,7 @@ class Trainer:
                     image = canvas.canvas_to_image(meta["image"][i], meta["image_size"][i],
                                                    meta["orig_size"][i])
                     pictures.append((image, instances))
+        bar.close()
         evaluator.gather()
         return EvalResult(evaluator.compute(), evaluator.results(), pictures)
 
