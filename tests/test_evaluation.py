@@ -562,3 +562,12 @@ def test_detections_round_trip_through_results_json():
     assert entries == postprocess.to_coco_results(instances, 9)
     again = Detections.from_results(json.loads(json.dumps(entries)), 6, 5)
     assert again.to_results(9) == entries
+
+
+def test_format_table_says_why_depth_order_metrics_are_undefined():
+    table = evaluation.format_table({"order/accuracy": 1.0, "order/accuracy_decided": 1.0,
+                                     "order/recall": -1.0, "order/pairs": 3.0})
+    recall = [line for line in table.splitlines() if "order/recall" in line]
+    assert recall == [" order/recall           = -1.000  (-1: the ground truth has no "
+                      "depth-order constraints, e.g. no COCOA depth_constraint)"]
+    assert "(-1" not in table.replace(recall[0], "")
