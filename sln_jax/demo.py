@@ -136,7 +136,7 @@ def write_results_table(workdir: str, metrics: dict[str, float]) -> str:
 
 def run(config, workdir: str) -> dict[str, float]:
     """Runs the whole job; returns the final val metrics (flat names of ARCHITECTURE.md)."""
-    from sln_jax import evaluation, train
+    from sln_jax import train
 
     timings = {}
     start = time.perf_counter()
@@ -147,7 +147,7 @@ def run(config, workdir: str) -> dict[str, float]:
     start = time.perf_counter()
     metrics = train.train_and_evaluate(config, workdir)
     timings["train + evaluate"] = time.perf_counter() - start
-    print(evaluation.format_table(metrics))
+    # The full table was logged by the evaluation (stderr); stdout gets the short summary.
     print(write_results_table(workdir, metrics), end="")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"metrics: {os.path.join(workdir, 'metrics.json')} and {METRICS_MARKDOWN}; pictures: "
@@ -161,8 +161,8 @@ def main(argv: list[str]) -> None:
     runtime.configure_cpu()  # before JAX starts a backend
     # Imported here, not at the top: the data workers are spawned processes that import this
     # module again, and TensorFlow would cost each of them ~7 s of start-up.
-    import tensorflow as tf
-
+    tf = runtime.import_tensorflow()
+    runtime.quiet_jax_logs()
     tf.config.set_visible_devices([], "GPU")
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "

@@ -551,6 +551,8 @@ def main(argv: Sequence[str]) -> None:
     train_state.use_classic_prng()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
+    checkpoints.quiet_orbax_logs()  # and warns three times on every read-only restore
+    runtime.quiet_jax_logs()
     from sln_jax import cli
     prog = "python -m sln_jax.infer"
     canvas_sizes = [int(s) for s in FLAGS.canvas_sizes] if FLAGS.canvas_sizes else None

@@ -20,11 +20,10 @@ Several hosts: set ``--config.multihost=True`` on a cluster jax can detect (TPU 
 from __future__ import annotations
 
 import jax
-import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import checkpoints, cli, runtime, train, train_state
+from sln_jax import checkpoints, cli, runtime, train_state
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +54,8 @@ def run(config, workdir: str, mode: str) -> dict[str, float] | None:
     Returns:
       The final val metrics (flat names of ARCHITECTURE.md) for the evaluating modes, else None.
     """
+    from sln_jax import train
+
     if mode == "train":
         train.train(config, workdir, evaluate_every=False)
         return None
@@ -69,6 +70,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     runtime.configure_cpu()  # before JAX starts a backend
+    runtime.quiet_jax_logs()
+    tf = runtime.import_tensorflow()  # before sln_jax.train imports it
+    from sln_jax import train
+
     # tf.data only: keep TensorFlow off any accelerator that JAX should own.
     tf.config.set_visible_devices([], "GPU")
     train_state.use_classic_prng()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging as pylogging
 import os
 import signal
 import sys
@@ -252,16 +251,9 @@ def jit_eval_step(mesh: Mesh):
 # ------------------------------------------------------------------------ metrics
 
 
-class _DropLibraryInfo(pylogging.Filter):
-    """Drops orbax's INFO records (dozens per checkpoint) and keeps its warnings."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def quiet_library_logs() -> None:
     """Keeps the absl log readable: our progress lines, not orbax's per-save chatter."""
-    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    checkpoints.quiet_orbax_logs()
 
 
 class MetricWriter:

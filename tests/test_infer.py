@@ -329,3 +329,5 @@ def test_cli_fails_when_every_input_is_unreadable(trained, tmp_path):
     done = _run_infer_cli(f"--checkpoint={workdir}", f"--images={tmp_path / 'images'}",
                           f"--output={tmp_path / 'out'}")
     _one_line_error(done, 1, "no image predicted: 1 unreadable")
+    # The checkpoint was read without orbax's read-only warnings.
+    assert "read only" not in done.stderr and "read_only" not in done.stderr, done.stderr
