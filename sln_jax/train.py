@@ -270,6 +270,14 @@ class MetricWriter:
             self._writer.scalar(name, value, step)
         self._writer.flush()
 
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Writes ``{name: uint8 [H, W, 3]}`` pictures at ``step`` to TensorBoard."""
+        if self._writer is None:
+            return
+        for name, image in images.items():
+            self._writer.image(name, image, step)
+        self._writer.flush()
+
     def close(self) -> None:
         """Flushes and closes the event file."""
         if self._writer is not None:
@@ -355,17 +363,23 @@ def _eval_gt_json(config) -> str:
     return split["annotations"]
 
 
-def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None) -> None:
-    """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only)."""
+def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None
+                     ) -> list[np.ndarray]:
+    """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only).
+
+    Returns:
+      The pictures drawn (uint8 [H, W, 3]), in the order of their file names; [] on other
+      processes.
+    """
     if jax.process_index() != 0:
-        return
+        return []
     evaluation.write_metrics(os.path.join(workdir, "metrics.json"), result.metrics)
     atomic.write_json(os.path.join(workdir, "results_val.json"), result.results)
+    drawn = []
     for index, (image, instances) in enumerate(result.pictures):
-        atomic.write_png(
-            os.path.join(workdir, "pictures", f"val_{index:02d}.png"),
-            visualize.draw_picture(image, instances, class_names),
-        )
+        drawn.append(visualize.draw_picture(image, instances, class_names))
+        atomic.write_png(os.path.join(workdir, "pictures", f"val_{index:02d}.png"), drawn[-1])
+    return drawn
 
 
 def _format_val(metrics: dict[str, float]) -> str:
@@ -626,7 +640,8 @@ class Trainer:
 
         Writes ``WORKDIR/metrics.json`` (flat names of ARCHITECTURE.md),
         ``WORKDIR/results_val.json`` (COCO results) and ``config.eval.num_pictures`` pictures
-        to ``WORKDIR/pictures/``; logs the metrics table; writes ``val/*`` to TensorBoard.
+        to ``WORKDIR/pictures/``; logs the metrics table; writes ``val/*`` metrics and the
+        pictures (``val/picture_NN``) to TensorBoard.
 
         Returns:
           The flat metrics.
@@ -646,9 +661,10 @@ class Trainer:
         result = self.evaluate_state(state, num_pictures=int(self.config.eval.num_pictures))
         metadata = records.read_metadata(self.config.data.dir)
         class_names = {int(k): str(v) for k, v in metadata.get("classes", {}).items()}
-        write_evaluation(workdir, result, class_names)
+        drawn = write_evaluation(workdir, result, class_names)
         writer = MetricWriter(workdir)
         writer.write_scalars(step, {f"val/{k}": v for k, v in result.metrics.items()})
+        writer.write_images(step, {f"val/picture_{i:02d}": p for i, p in enumerate(drawn)})
         writer.close()
         logging.info("Evaluation at step %d:\n%s", step, evaluation.format_table(result.metrics))
         return result.metrics

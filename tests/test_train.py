@@ -142,6 +142,24 @@ def test_evaluation_shows_progress(trainer, capsys):
     assert "evaluate val:" in capsys.readouterr().err
 
 
+def test_evaluate_logs_metrics_and_pictures_to_tensorboard(trainer, tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    state = trainer.initial_state(pretrained_backbone=False)
+    trainer.evaluate(str(tmp_path), state)
+    tags = {}
+    for path in glob.glob(str(tmp_path / "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags[value.tag] = value
+    assert "val/amodal/AP" in tags
+    pictures = sorted(tag for tag in tags if tag.startswith("val/picture_"))
+    assert pictures == ["val/picture_00"]  # tiny config: eval.num_pictures = 1
+    assert os.path.exists(tmp_path / "pictures" / "val_00.png")
+
+
 def test_one_train_step_on_tiny_config(trainer):
     state = trainer.initial_state()
     before = jax.device_get(state.params)
