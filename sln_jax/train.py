@@ -340,13 +340,13 @@ class EvalResult:
     Attributes:
       metrics: flat metrics of ARCHITECTURE.md (``amodal/AP``, ...), floats.
       results: COCO results entries for the whole eval split.
-      pictures: up to ``num_pictures`` (image uint8 [H, W, 3], instances) pairs from this
-        process, in original image pixels.
+      pictures: up to ``num_pictures`` (image uint8 [H, W, 3], instances, ground-truth
+        instances of ``ImageGT.instances``) from this process, in original image pixels.
     """
 
     metrics: dict[str, float]
     results: list[dict[str, Any]]
-    pictures: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    pictures: list[tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]]
 
 
 def _eval_gt_json(config) -> str:
@@ -376,8 +376,8 @@ def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, st
     evaluation.write_metrics(os.path.join(workdir, "metrics.json"), result.metrics)
     atomic.write_json(os.path.join(workdir, "results_val.json"), result.results)
     drawn = []
-    for index, (image, instances) in enumerate(result.pictures):
-        drawn.append(visualize.draw_picture(image, instances, class_names))
+    for index, (image, instances, truths) in enumerate(result.pictures):
+        drawn.append(visualize.draw_comparison(image, instances, truths, class_names))
         atomic.write_png(os.path.join(workdir, "pictures", f"val_{index:02d}.png"), drawn[-1])
     return drawn
 
@@ -601,7 +601,8 @@ class Trainer:
             seed=int(config.seed),
         )
         evaluator = evaluation.Evaluator(_eval_gt_json(config), config.eval.format)
-        pictures: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+        pictures: list[tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]] = []
+        truths = {gt.image_id: gt for gt in evaluator.images} if num_pictures else {}
         split = records.read_metadata(config.data.dir)["splits"].get(config.data.eval_split, {})
         total = split.get("num_examples")
         batch_size = int(config.eval.batch_size)
@@ -630,7 +631,8 @@ class Trainer:
                 if len(pictures) < num_pictures:
                     image = canvas.canvas_to_image(meta["image"][i], meta["image_size"][i],
                                                    meta["orig_size"][i])
-                    pictures.append((image, instances))
+                    truth = truths.get(int(meta["image_id"][i]))
+                    pictures.append((image, instances, truth.instances() if truth else []))
         bar.close()
         evaluator.gather()
         return EvalResult(evaluator.compute(), evaluator.results(), pictures)
