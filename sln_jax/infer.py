@@ -42,6 +42,7 @@ import numpy as np
 from sln_jax import (atomic, canvas, checkpoints, evaluation, layering, postprocess, records,
                      semdist, train_state, visualize)
 from sln_jax.detections import Detections
+from sln_jax.evaluation import ground_truth
 from sln_jax.images import UnreadableImageError, load_image
 from sln_jax.models.sln import SLN
 
@@ -408,7 +409,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
       layers: also write per detection its K layer maps and its sem-dist map as PNGs.
       score_threshold: overrides ``config.model.score_threshold``.
       canvas_sizes, batch_size: see ``Predictor``.
-      pictures: write one picture per image.
+      pictures: write one picture per image (with ``annotations``: the ground truth above
+        the prediction, ``visualize.draw_comparison``).
       picture_min_score: the pictures show detections scoring at least this.
       progress: show a tqdm progress bar.
       evaluate: also score the detections against ``annotations`` (``evaluation.Evaluator``)
@@ -436,6 +438,14 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         predictor = Predictor(config, checkpoint_dir, canvas_sizes=canvas_sizes,
                               batch_size=batch_size, score_threshold=score_threshold)
     class_names = _class_names(predictor.config, annotations)
+    truths: dict[int, Any] = {}  # image id -> ImageGT, for pictures beside the ground truth
+    if annotations and pictures:
+        try:
+            gt_images = (evaluator.images if evaluator is not None
+                         else ground_truth.load(annotations, annotations_format)[0])
+            truths = {gt.image_id: gt for gt in gt_images}
+        except ValueError as error:
+            print(f"pictures without the ground truth: {error}", file=sys.stderr)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -457,9 +467,13 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
             if evaluator is not None:
                 evaluator.add(image_id, detections)
             if pictures:
-                atomic.write_png(output_dir / "pictures" / f"{name}.png",
-                                 visualize.draw_picture(image, instances, class_names,
-                                                        picture_min_score))
+                truth = truths.get(image_id)
+                picture = (visualize.draw_comparison(image, instances, truth.instances(),
+                                                     class_names, picture_min_score)
+                           if truth is not None and (truth.height, truth.width) == image.shape[:2]
+                           else visualize.draw_picture(image, instances, class_names,
+                                                       picture_min_score))
+                atomic.write_png(output_dir / "pictures" / f"{name}.png", picture)
             if layers:
                 _write_layer_maps(output_dir / "layers" / name, outputs, size,
                                   image.shape[:2], instances, predictor.config.model)

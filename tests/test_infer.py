@@ -195,17 +195,24 @@ def test_results_evaluate_against_the_annotations(trained, predictor, tmp_path):
     images = json.loads((tmp_path / "images.json").read_text())
     by_name = {os.path.basename(r["file_name"]): r["id"] for r in images["images"]}
     assert by_name == {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
-    # Pictures and layer maps have the sizes they promise.
-    per_image = {}
+    # Pictures (the ground truth above the prediction) and layer maps have the sizes they
+    # promise.
+    per_image, drawn, truths = {}, {}, {}
     for entry in results:
         per_image[entry["image_id"]] = per_image.get(entry["image_id"], 0) + 1
+        drawn[entry["image_id"]] = (drawn.get(entry["image_id"], 0)
+                                    + (entry["score"] >= visualize.PICTURE_MIN_SCORE))
+    for a in gt["annotations"]:
+        truths[a["image_id"]] = truths.get(a["image_id"], 0) + 1
     k = config.model.num_layers
     for record in images["images"]:
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         count = per_image.get(record["id"], 0)
         picture = np.asarray(Image.open(tmp_path / "pictures" / f"{stem}.png"))
-        assert picture.shape == visualize.picture_size(record["height"], record["width"],
-                                                   count)[:2] + (3,)
+        h, w = record["height"], record["width"]
+        top = visualize.picture_size(h, w, truths.get(record["id"], 0))
+        bottom = visualize.picture_size(h, w, drawn.get(record["id"], 0))
+        assert picture.shape == (top[0] + 8 + bottom[0], max(top[1], bottom[1]), 3)
         layer_files = sorted(os.listdir(tmp_path / "layers" / stem))
         assert len(layer_files) == count * (k + 1)
         for name in layer_files:
