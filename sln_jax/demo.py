@@ -59,6 +59,8 @@ def _run_module(module: str, *args) -> None:
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-m", module, *(str(a) for a in args)],
                           env=dict(os.environ, PYTHONPATH=path))
+    if done.returncode in (130, -2):  # Ctrl-C reached the data step too: stop as it did
+        raise KeyboardInterrupt
     if done.returncode:
         raise RuntimeError(f"python -m {module} failed (exit status {done.returncode}); "
                            "its message is above")
