@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from absl import flags
 
-from data_prep import cocoa, d2sa, kins
+from data_prep import coco_style, cocoa, d2sa, kins
 from data_prep.images import EncodedImage, read_image
 from data_prep.records import serialize
 from data_prep.scene import AnnotationSet, DataError, Scene, SceneSource, load_scene
@@ -213,8 +213,10 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
 def _update_metadata(output: str, settings: ConversionSettings, annotations: AnnotationSet,
                      files: list[str], counts: list[int], statistics: dict) -> dict:
     path = os.path.join(output, METADATA)
-    # Conversions of several splits into one directory may run at once: merge under a lock.
-    with open(path + ".lock", "w") as lock:
+    # Conversions of several splits into one directory may run at once: merge under a lock
+    # on the directory itself, so no lock file is left in the output.
+    lock = os.open(output, os.O_RDONLY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         metadata = {}
         if os.path.isfile(path):
@@ -222,6 +224,8 @@ def _update_metadata(output: str, settings: ConversionSettings, annotations: Ann
                 metadata = json.load(f)
         return _merge_metadata(path, metadata, settings, annotations, files, counts,
                                statistics)
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def _common_metadata(settings: ConversionSettings, annotations: AnnotationSet) -> dict:
@@ -298,12 +302,24 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
         raise DataError(f"--num_layers must be in 2..254, got {num_layers}")
     if mask_target_size < 1:
         raise DataError(f"--mask_target_size must be >= 1, got {mask_target_size}")
-    annotation_set = READERS[dataset](annotations, images)
+    try:
+        annotation_set = READERS[dataset](annotations, images)
+    except DataError as err:
+        guess = guess_dataset(annotations)
+        if guess is None or dataset in guess:
+            raise
+        raise DataError(f"{err}; the file looks like --dataset {' or '.join(guess)}, "
+                        f"not {dataset}") from None
     sources = annotation_set.sources
     if num_shards is None:
         num_shards = max(1, min(DEFAULT_NUM_SHARDS, len(sources)))
     if num_shards < 1:
         raise DataError(f"--num_shards must be >= 1, got {num_shards}")
+    if num_shards > max(1, len(sources)):
+        print(f"warning: --num_shards {num_shards} exceeds the {len(sources)} images of "
+              f"split {split!r}: writing {max(1, len(sources))} shard(s), one image each",
+              file=sys.stderr)
+        num_shards = max(1, len(sources))
     settings = ConversionSettings(dataset, os.path.abspath(annotations), split, num_layers,
                                   mask_target_size, num_shards)
     metadata_path = os.path.join(output, METADATA)
@@ -348,6 +364,30 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
     statistics = _summarize(shard_stats, annotation_set.warnings)
     return _update_metadata(output, settings, annotation_set, names,
                             [s["num_examples"] for s in shard_stats], statistics)
+
+
+def guess_dataset(path: str) -> tuple[str, ...] | None:
+    """The ``--dataset`` values whose reader fits the annotation file's layout, or None.
+
+    Only the layout is looked at (the first annotation's fields): COCOA's per-image entries
+    hold ``regions``; KINS names its masks ``a_segm`` / ``i_segm`` / ``inmodal_seg``; other
+    COCO-style files (one entry per instance with ``segmentation``) are D2SA-style.
+    """
+    try:
+        data = coco_style.read_json(path)
+    except DataError:
+        return None
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not annotations or not isinstance(annotations[0], dict):
+        return None
+    first = annotations[0]
+    if "regions" in first:
+        return ("cocoa",)
+    if {"a_segm", "i_segm", "inmodal_seg"} & set(first):
+        return ("kins",)
+    if "segmentation" in first and "categories" in data:
+        return ("d2sa", "synthetic", "cocoa_cls")
+    return None
 
 
 def _run_pool(jobs: list, workers: int, bar, output: str, split: str) -> dict[int, dict]:

@@ -535,8 +535,9 @@ def write_split(output: str, split: str, num_images: int, seed: int, config: Sce
     images, annotations = [], []
     totals = {"instances": 0, "occluded": 0, "multi_occluded": 0}
     results = _rendered(jobs, workers)
-    for record, anns, stats in tqdm(results, total=num_images, desc=split, unit="img",
-                                    disable=not progress):
+    bar = tqdm(results, total=num_images, desc=f"generate {split}", unit="img",
+               disable=not progress)
+    for record, anns, stats in bar:
         images.append(record)
         for ann in anns:
             ann["id"] = len(annotations) + 1
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     for split, count in (("train", args.num_train), ("val", args.num_val)):
         stats = write_split(args.output, split, count, args.seed, config, args.workers)
         n = max(stats["instances"], 1)
-        print(f"{split}: {count} images, {stats['instances']} instances, "
+        print(f"generated {split}: {count} images, {stats['instances']} instances, "
               f"{stats['occluded'] / n:.1%} occluded, "
               f"{stats['multi_occluded'] / n:.1%} occluded by >= 2 objects "
               f"-> {os.path.join(args.output, 'annotations', split + '.json')}")

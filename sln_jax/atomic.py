@@ -22,6 +22,23 @@ import numpy as np
 __all__ = ["write_atomic", "write_bytes", "write_json", "write_png"]
 
 
+_UMASK: int | None = None
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask (``open``'s mode for new files; mkstemp's is 0o600)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            with open("/proc/self/status") as f:
+                _UMASK = next(int(line.split()[1], 8) for line in f
+                              if line.startswith("Umask:"))
+        except (OSError, StopIteration, ValueError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Calls ``write(temporary_path)`` in ``path``'s directory, then renames it to ``path``.
 
@@ -35,6 +52,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())  # as a plain open() would: 0644 under umask 022
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ inference-time settings (``INFERENCE_FIELDS``) that may change freely.
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 __all__ = [
+    "quiet_orbax_logs",
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "INFERENCE_FIELDS",
@@ -39,6 +41,28 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # config.model fields that only steer post-processing: a checkpoint serves any value.
 INFERENCE_FIELDS = frozenset({"score_threshold", "nms_threshold", "max_detections"})
+
+
+class _QuietOrbax(pylogging.Filter):
+    """Drops orbax's INFO records (dozens per checkpoint) and the warnings a read-only
+    manager (``load_checkpoint``) always logs; keeps its other warnings."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        if record.levelno < pylogging.WARNING:
+            return False
+        message = record.getMessage()
+        return not ("read_only=True" in message or "directory is read only" in message)
+
+
+def quiet_orbax_logs() -> None:
+    """For the command-line tools: the absl log without orbax's routine chatter."""
+    from absl import logging
+
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
+        handler.addFilter(_QuietOrbax())
 
 
 def create_checkpoint_manager(workdir: str, checkpoint_config) -> ocp.CheckpointManager:

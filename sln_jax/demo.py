@@ -25,7 +25,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import atomic, runtime
+from sln_jax import atomic, cli, runtime
 
 FLAGS = flags.FLAGS
 METRICS_MARKDOWN = "metrics.md"
@@ -59,6 +59,8 @@ def _run_module(module: str, *args) -> None:
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-m", module, *(str(a) for a in args)],
                           env=dict(os.environ, PYTHONPATH=path))
+    if done.returncode in (130, -2):  # Ctrl-C reached the data step too: stop as it did
+        raise KeyboardInterrupt
     if done.returncode:
         raise RuntimeError(f"python -m {module} failed (exit status {done.returncode}); "
                            "its message is above")
@@ -136,7 +138,7 @@ def write_results_table(workdir: str, metrics: dict[str, float]) -> str:
 
 def run(config, workdir: str) -> dict[str, float]:
     """Runs the whole job; returns the final val metrics (flat names of ARCHITECTURE.md)."""
-    from sln_jax import evaluation, train
+    from sln_jax import train
 
     timings = {}
     start = time.perf_counter()
@@ -147,7 +149,7 @@ def run(config, workdir: str) -> dict[str, float]:
     start = time.perf_counter()
     metrics = train.train_and_evaluate(config, workdir)
     timings["train + evaluate"] = time.perf_counter() - start
-    print(evaluation.format_table(metrics))
+    # The full table was logged by the evaluation (stderr); stdout gets the short summary.
     print(write_results_table(workdir, metrics), end="")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"metrics: {os.path.join(workdir, 'metrics.json')} and {METRICS_MARKDOWN}; pictures: "
@@ -161,8 +163,8 @@ def main(argv: list[str]) -> None:
     runtime.configure_cpu()  # before JAX starts a backend
     # Imported here, not at the top: the data workers are spawned processes that import this
     # module again, and TensorFlow would cost each of them ~7 s of start-up.
-    import tensorflow as tf
-
+    tf = runtime.import_tensorflow()
+    runtime.quiet_jax_logs()
     tf.config.set_visible_devices([], "GPU")
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "
@@ -173,9 +175,15 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.INFO)
     train.quiet_library_logs()
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    run(FLAGS.config, FLAGS.workdir)
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except train.TrainingInterrupted as stop:
+        raise cli.stopped(stop.exit_status, f"{stop}.", "sln_jax.demo") from None
+    except KeyboardInterrupt:
+        raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
+                          "sln_jax.demo") from None
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_global("python -m sln_jax.demo"))

@@ -42,6 +42,7 @@ import numpy as np
 from sln_jax import (atomic, canvas, checkpoints, evaluation, layering, postprocess, records,
                      semdist, train_state, visualize)
 from sln_jax.detections import Detections
+from sln_jax.evaluation import ground_truth
 from sln_jax.images import UnreadableImageError, load_image
 from sln_jax.models.sln import SLN
 
@@ -408,7 +409,8 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
       layers: also write per detection its K layer maps and its sem-dist map as PNGs.
       score_threshold: overrides ``config.model.score_threshold``.
       canvas_sizes, batch_size: see ``Predictor``.
-      pictures: write one picture per image.
+      pictures: write one picture per image (with ``annotations``: the ground truth above
+        the prediction, ``visualize.draw_comparison``).
       picture_min_score: the pictures show detections scoring at least this.
       progress: show a tqdm progress bar.
       evaluate: also score the detections against ``annotations`` (``evaluation.Evaluator``)
@@ -436,6 +438,14 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         predictor = Predictor(config, checkpoint_dir, canvas_sizes=canvas_sizes,
                               batch_size=batch_size, score_threshold=score_threshold)
     class_names = _class_names(predictor.config, annotations)
+    truths: dict[int, Any] = {}  # image id -> ImageGT, for pictures beside the ground truth
+    if annotations and pictures:
+        try:
+            gt_images = (evaluator.images if evaluator is not None
+                         else ground_truth.load(annotations, annotations_format)[0])
+            truths = {gt.image_id: gt for gt in gt_images}
+        except ValueError as error:
+            print(f"pictures without the ground truth: {error}", file=sys.stderr)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -457,9 +467,13 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
             if evaluator is not None:
                 evaluator.add(image_id, detections)
             if pictures:
-                atomic.write_png(output_dir / "pictures" / f"{name}.png",
-                                 visualize.draw_picture(image, instances, class_names,
-                                                        picture_min_score))
+                truth = truths.get(image_id)
+                picture = (visualize.draw_comparison(image, instances, truth.instances(),
+                                                     class_names, picture_min_score)
+                           if truth is not None and (truth.height, truth.width) == image.shape[:2]
+                           else visualize.draw_picture(image, instances, class_names,
+                                                       picture_min_score))
+                atomic.write_png(output_dir / "pictures" / f"{name}.png", picture)
             if layers:
                 _write_layer_maps(output_dir / "layers" / name, outputs, size,
                                   image.shape[:2], instances, predictor.config.model)
@@ -551,13 +565,33 @@ def main(argv: Sequence[str]) -> None:
     train_state.use_classic_prng()
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
+    checkpoints.quiet_orbax_logs()  # and warns three times on every read-only restore
+    runtime.quiet_jax_logs()
+    from sln_jax import cli
+    prog = "python -m sln_jax.infer"
     canvas_sizes = [int(s) for s in FLAGS.canvas_sizes] if FLAGS.canvas_sizes else None
-    run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
-        annotations=FLAGS.annotations, layers=FLAGS.layers,
-        score_threshold=FLAGS.score_threshold, canvas_sizes=canvas_sizes,
-        batch_size=FLAGS.batch_size, pictures=FLAGS.pictures,
-        picture_min_score=FLAGS.picture_min_score, evaluate=FLAGS.evaluate,
-        annotations_format=FLAGS.format)
+    try:
+        find_images(FLAGS.images)
+    except FileNotFoundError as error:
+        raise cli.error(prog, error, status=2) from None
+    if FLAGS.evaluate and not FLAGS.annotations:
+        raise cli.error(prog, "--evaluate needs --annotations (the GT JSON to score against)",
+                        status=2)
+    try:  # the user's files: checkpoint, its config, annotations
+        predictor = Predictor(FLAGS.config, FLAGS.checkpoint, canvas_sizes=canvas_sizes,
+                              batch_size=FLAGS.batch_size, score_threshold=FLAGS.score_threshold)
+        if FLAGS.annotations:
+            image_ids_from_annotations(FLAGS.annotations)
+    except (FileNotFoundError, ValueError) as error:
+        raise cli.error(prog, error) from None
+    summary = run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
+                  annotations=FLAGS.annotations, layers=FLAGS.layers,
+                  pictures=FLAGS.pictures, picture_min_score=FLAGS.picture_min_score,
+                  evaluate=FLAGS.evaluate, annotations_format=FLAGS.format,
+                  predictor=predictor)
+    if summary["num_images"] == 0:
+        raise cli.error(prog, f"no image predicted: {summary['num_unreadable']} unreadable, "
+                        f"{summary['num_unmatched']} not in --annotations (see above)")
 
 
 if __name__ == "__main__":

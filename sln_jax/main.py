@@ -20,11 +20,10 @@ Several hosts: set ``--config.multihost=True`` on a cluster jax can detect (TPU 
 from __future__ import annotations
 
 import jax
-import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sln_jax import checkpoints, runtime, train, train_state
+from sln_jax import checkpoints, cli, runtime, train_state
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +54,8 @@ def run(config, workdir: str, mode: str) -> dict[str, float] | None:
     Returns:
       The final val metrics (flat names of ARCHITECTURE.md) for the evaluating modes, else None.
     """
+    from sln_jax import train
+
     if mode == "train":
         train.train(config, workdir, evaluate_every=False)
         return None
@@ -69,11 +70,19 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     runtime.configure_cpu()  # before JAX starts a backend
+    runtime.quiet_jax_logs()
+    tf = runtime.import_tensorflow()  # before sln_jax.train imports it
+    from sln_jax import train
+
     # tf.data only: keep TensorFlow off any accelerator that JAX should own.
     tf.config.set_visible_devices([], "GPU")
     train_state.use_classic_prng()
     train.quiet_library_logs()
-    config = FLAGS.config if FLAGS.config is not None else checkpoints.load_config(FLAGS.workdir)
+    try:
+        config = (FLAGS.config if FLAGS.config is not None
+                  else checkpoints.load_config(FLAGS.workdir))
+    except FileNotFoundError as error:  # no --config and not a training workdir
+        raise cli.error("python -m sln_jax.main", error) from None
     if FLAGS.coordinator_address is not None:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
@@ -90,9 +99,17 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    run(config, FLAGS.workdir, FLAGS.mode)
+    try:
+        run(config, FLAGS.workdir, FLAGS.mode)
+    except train.TrainingInterrupted as stop:
+        raise cli.stopped(stop.exit_status, f"{stop}.", "sln_jax.main") from None
+    except KeyboardInterrupt:
+        raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
+                          "sln_jax.main") from None
+    except FileNotFoundError as error:  # no checkpoint to evaluate, no records, ...
+        raise cli.error("python -m sln_jax.main", error) from None
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_global("python -m sln_jax.main"))

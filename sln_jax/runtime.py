@@ -20,7 +20,18 @@ import os
 import sys
 import warnings
 
-__all__ = ["CPU_XLA_FLAGS", "configure_cpu", "xla_flags_with"]
+__all__ = ["CPU_XLA_FLAGS", "TENSORFLOW_NOTICES", "configure_cpu", "import_tensorflow",
+           "quiet_jax_logs", "xla_flags_with"]
+
+# Lines TensorFlow's C++ start-up writes to stderr that report no problem: the oneDNN notice,
+# the CPU-feature notice (and its second line) and absl's pre-initialization banner. TF >= 2.16
+# writes them whatever TF_CPP_MIN_LOG_LEVEL says.
+TENSORFLOW_NOTICES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+)
 
 # name -> value; each is added to XLA_FLAGS unless XLA_FLAGS already names it.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -50,3 +61,45 @@ def configure_cpu() -> str:
         return os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = new
     return new
+
+
+def import_tensorflow():
+    """``import tensorflow`` without its start-up notices (``TENSORFLOW_NOTICES``).
+
+    For the command-line tools, called before anything imports TensorFlow: stderr (the file
+    descriptor, since the notices come from C++) goes to a temporary file during the import;
+    every other line written meanwhile is copied back to stderr. Also sets
+    ``TF_CPP_MIN_LOG_LEVEL=1`` (TensorFlow's later INFO lines) unless the user set it.
+    Returns the ``tensorflow`` module.
+    """
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines
+                    if not any(notice in line for notice in TENSORFLOW_NOTICES)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+    return tensorflow
+
+
+def quiet_jax_logs() -> None:
+    """Hides JAX's INFO lines on backends it could not start (``Unable to initialize backend
+    'tpu': ... libtpu.so``), which a CLI logging at INFO would otherwise print on every run;
+    JAX's warnings stay."""
+    import logging
+
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

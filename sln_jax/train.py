@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import functools
 import json
-import logging as pylogging
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -50,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tqdm
 from absl import logging
 from flax.metrics import tensorboard
 from jax.experimental import multihost_utils
@@ -67,6 +70,7 @@ from sln_jax.train_state import (DATA_AXIS, TrainState, create_mesh, create_opti
 
 __all__ = [
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "shard_batch",
     "train_step",
     "eval_step",
@@ -82,6 +86,60 @@ __all__ = [
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN or inf; the run stops without saving."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped training after a step whose checkpoint was written.
+
+    Attributes:
+      signum: the signal received (``signal.SIGINT`` or ``signal.SIGTERM``).
+      step: the step of the checkpoint written before stopping.
+      directory: the checkpoint directory.
+      exit_status: ``128 + signum`` (130 for SIGINT, 143 for SIGTERM), the shell's convention.
+    """
+
+    def __init__(self, signum: int, step: int, directory: str):
+        self.signum, self.step, self.directory = int(signum), int(step), str(directory)
+        self.exit_status = 128 + self.signum
+        super().__init__(f"{signal.Signals(signum).name}: training stopped after step {step}; "
+                         f"checkpoint written to {directory}")
+
+
+class _StopOnSignals:
+    """Within ``with``: SIGINT / SIGTERM only set ``signum``, so the loop finishes its step.
+
+    A second signal restores the default handlers and raises ``KeyboardInterrupt`` (a user who
+    presses Ctrl-C twice does not wait). Outside the main thread, where Python cannot install
+    handlers, nothing changes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning("%s received: finishing step, then writing a checkpoint "
+                        "(send it again to stop at once)", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 # -------------------------------------------------------------------------- steps
@@ -193,16 +251,9 @@ def jit_eval_step(mesh: Mesh):
 # ------------------------------------------------------------------------ metrics
 
 
-class _DropLibraryInfo(pylogging.Filter):
-    """Drops orbax's INFO records (dozens per checkpoint) and keeps its warnings."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def quiet_library_logs() -> None:
     """Keeps the absl log readable: our progress lines, not orbax's per-save chatter."""
-    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    checkpoints.quiet_orbax_logs()
 
 
 class MetricWriter:
@@ -217,6 +268,14 @@ class MetricWriter:
             return
         for name, value in scalars.items():
             self._writer.scalar(name, value, step)
+        self._writer.flush()
+
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Writes ``{name: uint8 [H, W, 3]}`` pictures at ``step`` to TensorBoard."""
+        if self._writer is None:
+            return
+        for name, image in images.items():
+            self._writer.image(name, image, step)
         self._writer.flush()
 
     def close(self) -> None:
@@ -244,12 +303,31 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {name: float(np.mean([h[name] for h in history])) for name in history[0]}
 
 
-def _progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``: a duration for progress lines."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _progress_line(step: int, num_steps: int, scalars: dict[str, float],
+                   steps_per_sec: float | None = None) -> str:
+    """``step 25/1000 (2%) 1.32 steps/s ETA 12 min 18 s | loss terms...``.
+
+    The ETA counts training steps only (evaluations inside training add to it).
+    """
     terms = " ".join(
         f"{name.removeprefix('train/').removeprefix('loss/')}={value:.4g}"
         for name, value in sorted(scalars.items())
     )
-    return f"step {step}/{num_steps} {terms}"
+    head = f"step {step}/{num_steps} ({100 * step // max(num_steps, 1)}%)"
+    if steps_per_sec:
+        head += (f" {steps_per_sec:.3g} steps/s ETA "
+                 f"{format_duration((num_steps - step) / steps_per_sec)}")
+    return f"{head} | {terms}"
 
 
 # --------------------------------------------------------------------- evaluation
@@ -262,13 +340,13 @@ class EvalResult:
     Attributes:
       metrics: flat metrics of ARCHITECTURE.md (``amodal/AP``, ...), floats.
       results: COCO results entries for the whole eval split.
-      pictures: up to ``num_pictures`` (image uint8 [H, W, 3], instances) pairs from this
-        process, in original image pixels.
+      pictures: up to ``num_pictures`` (image uint8 [H, W, 3], instances, ground-truth
+        instances of ``ImageGT.instances``) from this process, in original image pixels.
     """
 
     metrics: dict[str, float]
     results: list[dict[str, Any]]
-    pictures: list[tuple[np.ndarray, list[dict[str, Any]]]]
+    pictures: list[tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]]
 
 
 def _eval_gt_json(config) -> str:
@@ -285,17 +363,23 @@ def _eval_gt_json(config) -> str:
     return split["annotations"]
 
 
-def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None) -> None:
-    """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only)."""
+def write_evaluation(workdir: str, result: EvalResult, class_names: dict[int, str] | None = None
+                     ) -> list[np.ndarray]:
+    """Writes ``metrics.json``, ``results_val.json`` and ``pictures/val_*.png`` (process 0 only).
+
+    Returns:
+      The pictures drawn (uint8 [H, W, 3]), in the order of their file names; [] on other
+      processes.
+    """
     if jax.process_index() != 0:
-        return
+        return []
     evaluation.write_metrics(os.path.join(workdir, "metrics.json"), result.metrics)
     atomic.write_json(os.path.join(workdir, "results_val.json"), result.results)
-    for index, (image, instances) in enumerate(result.pictures):
-        atomic.write_png(
-            os.path.join(workdir, "pictures", f"val_{index:02d}.png"),
-            visualize.draw_picture(image, instances, class_names),
-        )
+    drawn = []
+    for index, (image, instances, truths) in enumerate(result.pictures):
+        drawn.append(visualize.draw_comparison(image, instances, truths, class_names))
+        atomic.write_png(os.path.join(workdir, "pictures", f"val_{index:02d}.png"), drawn[-1])
+    return drawn
 
 
 def _format_val(metrics: dict[str, float]) -> str:
@@ -404,6 +488,8 @@ class Trainer:
 
         Raises:
           NonFiniteLossError: when a step's loss or gradient norm is NaN / inf.
+          TrainingInterrupted: after SIGINT / SIGTERM (handled while the loop runs): the
+            current step finished and its checkpoint was written.
         """
         config = self.config
         # K, P and the class count of the records must be the config's: fail before any work.
@@ -443,6 +529,8 @@ class Trainer:
         history: list[dict[str, jax.Array]] = []
         previous: dict[str, jax.Array] | None = None
         timer_start, timed_steps = None, 0
+        saved_step = start_step
+        stop = _StopOnSignals().__enter__()
         try:
             for step in range(start_step + 1, last_step + 1):
                 state, metrics = self.train_step(state, next(train_batches))
@@ -462,21 +550,32 @@ class Trainer:
                     _check_finite(metrics, step, manager)
                     scalars = {f"train/{k}": v for k, v in _mean_metrics(history).items() if k != "finite"}
                     scalars["train/lr"] = float(self.schedule(step - 1))
+                    steps_per_sec = None
                     if timed_steps:
-                        elapsed = time.perf_counter() - timer_start
-                        scalars["train/images_per_sec"] = timed_steps * images_per_step / elapsed
+                        steps_per_sec = timed_steps / (time.perf_counter() - timer_start)
+                        scalars["train/images_per_sec"] = steps_per_sec * images_per_step
                     writer.write_scalars(step, scalars)
-                    logging.info("%s", _progress_line(step, self.num_steps, scalars))
+                    logging.info("%s", _progress_line(step, self.num_steps, scalars,
+                                                      steps_per_sec))
                     history, timer_start, timed_steps = [], time.perf_counter(), 0
                 if step % save_every == 0 or is_last:
                     _check_finite(metrics, step, manager)
                     save_checkpoint(manager, state, config)
-                if eval_every and step % eval_every == 0 and step != self.num_steps:
+                    saved_step = step
+                if (stop.signum is None and eval_every and step % eval_every == 0
+                        and step != self.num_steps):
                     val = self.evaluate_state(state)
                     writer.write_scalars(step, {f"val/{k}": v for k, v in val.metrics.items()})
                     logging.info("step %d val %s", step, _format_val(val.metrics))
                     timer_start, timed_steps = time.perf_counter(), 0
+                if stop.signum is not None:
+                    if saved_step != step:
+                        _check_finite(metrics, step, manager)
+                        save_checkpoint(manager, state, config)
+                    manager.wait_until_finished()
+                    raise TrainingInterrupted(stop.signum, step, str(manager.directory))
         finally:
+            stop.__exit__()
             manager.wait_until_finished()
             manager.close()
             writer.close()
@@ -502,8 +601,17 @@ class Trainer:
             seed=int(config.seed),
         )
         evaluator = evaluation.Evaluator(_eval_gt_json(config), config.eval.format)
-        pictures: list[tuple[np.ndarray, list[dict[str, Any]]]] = []
+        pictures: list[tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]] = []
+        truths = {gt.image_id: gt for gt in evaluator.images} if num_pictures else {}
+        split = records.read_metadata(config.data.dir)["splits"].get(config.data.eval_split, {})
+        total = split.get("num_examples")
+        batch_size = int(config.eval.batch_size)
+        bar = tqdm.tqdm(
+            total=None if total is None else -(-int(total) // batch_size),
+            desc=f"evaluate {config.data.eval_split}", unit="batch", file=sys.stderr,
+            disable=jax.process_index() != 0, leave=False, mininterval=2.0)
         for host_batch in batches:
+            bar.update(1)
             images = shard_batch({"image": host_batch["image"]}, self.mesh)["image"]
             outputs = multihost_utils.global_array_to_host_local_array(
                 self._eval_step(state, images), self.mesh, P(DATA_AXIS)
@@ -523,7 +631,9 @@ class Trainer:
                 if len(pictures) < num_pictures:
                     image = canvas.canvas_to_image(meta["image"][i], meta["image_size"][i],
                                                    meta["orig_size"][i])
-                    pictures.append((image, instances))
+                    truth = truths.get(int(meta["image_id"][i]))
+                    pictures.append((image, instances, truth.instances() if truth else []))
+        bar.close()
         evaluator.gather()
         return EvalResult(evaluator.compute(), evaluator.results(), pictures)
 
@@ -532,7 +642,8 @@ class Trainer:
 
         Writes ``WORKDIR/metrics.json`` (flat names of ARCHITECTURE.md),
         ``WORKDIR/results_val.json`` (COCO results) and ``config.eval.num_pictures`` pictures
-        to ``WORKDIR/pictures/``; logs the metrics table; writes ``val/*`` to TensorBoard.
+        to ``WORKDIR/pictures/``; logs the metrics table; writes ``val/*`` metrics and the
+        pictures (``val/picture_NN``) to TensorBoard.
 
         Returns:
           The flat metrics.
@@ -552,9 +663,10 @@ class Trainer:
         result = self.evaluate_state(state, num_pictures=int(self.config.eval.num_pictures))
         metadata = records.read_metadata(self.config.data.dir)
         class_names = {int(k): str(v) for k, v in metadata.get("classes", {}).items()}
-        write_evaluation(workdir, result, class_names)
+        drawn = write_evaluation(workdir, result, class_names)
         writer = MetricWriter(workdir)
         writer.write_scalars(step, {f"val/{k}": v for k, v in result.metrics.items()})
+        writer.write_images(step, {f"val/picture_{i:02d}": p for i, p in enumerate(drawn)})
         writer.close()
         logging.info("Evaluation at step %d:\n%s", step, evaluation.format_table(result.metrics))
         return result.metrics

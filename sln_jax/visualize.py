@@ -27,7 +27,7 @@ from sln_jax import depth_order, layering, semdist
 
 __all__ = ["instance_colors", "draw_instances", "draw_instances_enlarged", "depth_order_graph",
            "level_colormap", "show_global_layers", "save_scene_preview", "picture_size",
-           "draw_picture", "PICTURE_MIN_SCORE"]
+           "draw_picture", "draw_comparison", "match_to_truth", "PICTURE_MIN_SCORE"]
 
 # Distinct, saturated colors (matplotlib's tab10 then tab20's lighter shades), cycled.
 _PALETTE = np.array([
@@ -418,7 +418,9 @@ def _confident(instances: Sequence[dict[str, Any]], min_score: float) -> list[di
 
 def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
                  class_names: dict[int, str] | None = None,
-                 min_score: float = PICTURE_MIN_SCORE) -> np.ndarray:
+                 min_score: float = PICTURE_MIN_SCORE, *,
+                 labels: Sequence[str] | None = None, caption: str | None = None,
+                 show_scores: bool = True) -> np.ndarray:
     """The picture of one image's detections, for a person to read.
 
     Left: the image (enlarged when small, shrunk when huge; ``picture_size``) with each
@@ -434,6 +436,9 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
       min_score: only detections scoring at least this are drawn (results files keep the
         low-scoring ones that COCO AP needs; a picture of them is unreadable). Tags and the
         graph number the drawn detections 0, 1, ...
+      labels: one tag text per drawn detection instead of the class names.
+      caption: the text under the graph instead of the default one.
+      show_scores: add the score to each tag.
 
     Returns:
       uint8 [picture height, picture width, 3] RGB, sizes from ``picture_size(H, W, N)``
@@ -442,9 +447,12 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
     instances = _confident(instances, min_score)
     height, width = image.shape[:2]
     total_h, total_w, drawn_h, drawn_w = picture_size(height, width, len(instances))
-    names = [(class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
-             for d in instances]
-    scores = [float(d["score"]) for d in instances]
+    names = list(labels) if labels is not None else [
+        (class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
+        for d in instances]
+    if len(names) != len(instances):
+        raise ValueError(f"{len(names)} labels for {len(instances)} drawn detections")
+    scores = [float(d["score"]) for d in instances] if show_scores else None
     empty = np.zeros((0, height, width), bool)
     amodal = np.stack([d["amodal"] for d in instances]) if instances else empty
     visible = np.stack([d["visible"] for d in instances]) if instances else empty
@@ -455,10 +463,92 @@ def draw_picture(image: np.ndarray, instances: Sequence[dict[str, Any]],
                            labels=names, scores=scores)
     picture = np.full((total_h, total_w, 3), 255, np.uint8)
     picture[:drawn_h, :drawn_w] = drawn
-    caption = (f"{len(instances)} detections with score >= {min_score:g}\n"
-               "fill: visible part, hatched: occluded part,\n"
-               "outline: amodal mask")
+    if caption is None:
+        caption = (f"{len(instances)} detections with score >= {min_score:g}\n"
+                   "fill: visible part, hatched: occluded part,\n"
+                   "outline: amodal mask")
     picture[:, drawn_w:] = _render_graph(depth_order.from_relations([d.get("depth_order") for d in instances]),
                                          total_h,
                                          total_w - drawn_w, caption)
     return picture
+
+
+def match_to_truth(instances: Sequence[dict[str, Any]], truths: Sequence[dict[str, Any]],
+                   iou: float = 0.5) -> list[int | None]:
+    """For each instance, the index of the ground-truth instance it matches, or None.
+
+    Greedy by decreasing score, as COCO matching: an instance takes the unmatched truth of
+    the highest amodal-mask IoU, if that IoU is at least ``iou`` (classes are not compared,
+    so a mislabelled detection still shows which object it found).
+    """
+    if not instances or not truths:
+        return [None] * len(instances)
+    a = np.stack([d["amodal"] for d in instances]).reshape(len(instances), -1)
+    b = np.stack([t["amodal"] for t in truths]).reshape(len(truths), -1)
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    ious = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    matches: list[int | None] = [None] * len(instances)
+    taken: set[int] = set()
+    for i in sorted(range(len(instances)), key=lambda k: -float(instances[k]["score"])):
+        candidates = [(ious[i, g], g) for g in range(len(truths)) if g not in taken]
+        if candidates:
+            best, g = max(candidates)
+            if best >= iou:
+                matches[i] = g
+                taken.add(g)
+    return matches
+
+
+def draw_comparison(image: np.ndarray, instances: Sequence[dict[str, Any]],
+                    truths: Sequence[dict[str, Any]], class_names: dict[int, str] | None = None,
+                    min_score: float = PICTURE_MIN_SCORE) -> np.ndarray:
+    """The ground truth above the prediction, matched pairs named, each with its depth order.
+
+    Top: the ground truth as ``draw_picture`` draws detections, tags "k class" (k: its GT
+    index; "missed" when no drawn detection matches it) and the ground-truth depth-order graph. Bottom: the
+    drawn detections (score >= ``min_score``), tags "class score =GTk" for a detection
+    matching ground-truth instance k (``match_to_truth``, amodal IoU >= 0.5) or "class
+    score  no match", and the predicted depth-order graph.
+
+    Args:
+      image: uint8 [H, W, 3] RGB.
+      instances: the detections (as ``draw_picture``).
+      truths: the ground-truth instances: ``amodal``, ``visible`` bool [H, W],
+        ``category_id`` and ``depth_order`` ({GT index: +1 in front / -1 behind}).
+      class_names: category id -> name.
+      min_score: as ``draw_picture``.
+
+    Returns:
+      uint8 [H', W', 3] RGB.
+    """
+    shown = _confident(instances, min_score)
+    matches = match_to_truth(shown, truths)
+    matched = {g for g in matches if g is not None}
+
+    def name(d: dict[str, Any]) -> str:
+        return (class_names or {}).get(int(d["category_id"]), f"class {int(d['category_id'])}")
+
+    gt_labels = [name(t) + ("" if g in matched else " missed") for g, t in enumerate(truths)]
+    pred_labels = [f"{name(d)} {float(d['score']):.2f} "
+                   + (f"=GT{m}" if m is not None else " no match")
+                   for d, m in zip(shown, matches)]
+    truth = draw_picture(image, [dict(t, score=1.0) for t in truths], class_names, 0.0,
+                         labels=gt_labels, show_scores=False,
+                         caption=f"ground truth (k = GTk): {len(truths)} instances,\n"
+                                 f"{len(truths) - len(matched)} missed\n"
+                                 "graph: ground-truth depth order")
+    prediction = draw_picture(image, shown, class_names, min_score, labels=pred_labels,
+                              show_scores=False,
+                              caption=f"prediction: {len(shown)} detections\n"
+                                      f"with score >= {min_score:g}, "
+                                      f"{len(shown) - len(matched)} unmatched\n"
+                                      "graph: predicted depth order")
+    gap = 8
+    width = max(truth.shape[1], prediction.shape[1])
+    out = np.full((truth.shape[0] + gap + prediction.shape[0], width, 3), 255, np.uint8)
+    out[:truth.shape[0], :truth.shape[1]] = truth
+    out[truth.shape[0]:truth.shape[0] + gap] = 128
+    out[truth.shape[0] + gap:, :prediction.shape[1]] = prediction
+    return out

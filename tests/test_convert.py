@@ -227,3 +227,29 @@ def test_two_workers_write_the_same_shards(dataset, tmp_path, monkeypatch):
         with open(os.path.join(output, name), "rb") as a, \
                 open(os.path.join(parallel, name), "rb") as b:
             assert a.read() == b.read()
+
+
+def test_more_shards_than_images_warns_and_writes_one_shard_per_image(dataset, capsys):
+    path, images, output = dataset
+    old = os.umask(0o022)
+    try:
+        assert _run(path, images, output, "--num_shards", "64") == 0
+    finally:
+        os.umask(old)
+    err = capsys.readouterr().err
+    assert "warning: --num_shards 64 exceeds the 6 images of split 'train': writing 6" in err
+    shards = [n for n in os.listdir(output) if n.startswith("train.tfrecord-")]
+    assert len(shards) == 6
+    # No lock file left; every output readable by others (0644 under umask 022).
+    found = [os.path.join(d, n) for d, _, names in os.walk(output) for n in names]
+    assert not [p for p in found if p.endswith(".lock")]
+    assert {oct(os.stat(p).st_mode & 0o777) for p in found} == {oct(0o644)}
+
+
+def test_wrong_dataset_names_the_reader_the_file_fits(dataset, capsys):
+    path, images, output = dataset
+    code = convert.main(["--dataset", "cocoa", "--annotations", path, "--images", images,
+                         "--output", output, "--no_progress"])
+    assert code == 1
+    assert "the file looks like --dataset d2sa or synthetic or cocoa_cls, not cocoa" in (
+        capsys.readouterr().err)

@@ -562,3 +562,34 @@ def test_detections_round_trip_through_results_json():
     assert entries == postprocess.to_coco_results(instances, 9)
     again = Detections.from_results(json.loads(json.dumps(entries)), 6, 5)
     assert again.to_results(9) == entries
+
+
+def test_format_table_says_why_depth_order_metrics_are_undefined():
+    table = evaluation.format_table({"order/accuracy": 1.0, "order/accuracy_decided": 1.0,
+                                     "order/recall": -1.0, "order/pairs": 3.0})
+    recall = [line for line in table.splitlines() if "order/recall" in line]
+    assert recall == [" order/recall           = -1.000  (-1: the ground truth has no "
+                      "depth-order constraints, e.g. no COCOA depth_constraint)"]
+    assert "(-1" not in table.replace(recall[0], "")
+
+
+def test_ground_truth_instances_for_pictures():
+    from sln_jax.evaluation import ground_truth
+
+    def square(x0, y0, side):
+        return [[x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side]]
+
+    gt = {"images": [{"id": 1, "height": 30, "width": 30}],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 2, "segmentation": square(4, 4, 12),
+               "order": 1},
+              {"id": 2, "image_id": 1, "category_id": 1, "segmentation": square(10, 10, 12),
+               "order": 2}]}
+    images, _ = ground_truth.load(gt, "coco")
+    instances = images[0].instances()
+    assert [d["category_id"] for d in instances] == [2, 1]
+    assert instances[0]["amodal"].shape == (30, 30) and instances[0]["amodal"].dtype == bool
+    assert instances[0]["amodal"].sum() > 100
+    # Ranks 1 (front) and 2 on overlapping masks: 0 is in front of 1.
+    assert instances[0]["depth_order"] == {1: 1} and instances[1]["depth_order"] == {0: -1}

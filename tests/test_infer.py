@@ -195,17 +195,24 @@ def test_results_evaluate_against_the_annotations(trained, predictor, tmp_path):
     images = json.loads((tmp_path / "images.json").read_text())
     by_name = {os.path.basename(r["file_name"]): r["id"] for r in images["images"]}
     assert by_name == {os.path.basename(i["file_name"]): i["id"] for i in gt["images"]}
-    # Pictures and layer maps have the sizes they promise.
-    per_image = {}
+    # Pictures (the ground truth above the prediction) and layer maps have the sizes they
+    # promise.
+    per_image, drawn, truths = {}, {}, {}
     for entry in results:
         per_image[entry["image_id"]] = per_image.get(entry["image_id"], 0) + 1
+        drawn[entry["image_id"]] = (drawn.get(entry["image_id"], 0)
+                                    + (entry["score"] >= visualize.PICTURE_MIN_SCORE))
+    for a in gt["annotations"]:
+        truths[a["image_id"]] = truths.get(a["image_id"], 0) + 1
     k = config.model.num_layers
     for record in images["images"]:
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         count = per_image.get(record["id"], 0)
         picture = np.asarray(Image.open(tmp_path / "pictures" / f"{stem}.png"))
-        assert picture.shape == visualize.picture_size(record["height"], record["width"],
-                                                   count)[:2] + (3,)
+        h, w = record["height"], record["width"]
+        top = visualize.picture_size(h, w, truths.get(record["id"], 0))
+        bottom = visualize.picture_size(h, w, drawn.get(record["id"], 0))
+        assert picture.shape == (top[0] + 8 + bottom[0], max(top[1], bottom[1]), 3)
         layer_files = sorted(os.listdir(tmp_path / "layers" / stem))
         assert len(layer_files) == count * (k + 1)
         for name in layer_files:
@@ -288,3 +295,46 @@ def test_cli_writes_results_pictures_and_layers(trained, tmp_path):
     assert len(results) > 0
     assert len(os.listdir(tmp_path / "pictures")) == 3
     assert os.path.isdir(tmp_path / "layers")
+
+
+def _run_infer_cli(*args: str):
+    import subprocess
+    import sys
+
+    from tiny_dataset import REPO
+    from xla_env import subprocess_env
+    return subprocess.run([sys.executable, "-m", "sln_jax.infer", *args], cwd=REPO,
+                          env=dict(subprocess_env(), PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(done, status: int, text: str) -> None:
+    assert done.returncode == status, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "sln_jax.infer: error:" in line]
+    assert len(lines) == 1 and text in lines[0], done.stderr[-2000:]
+
+
+def test_cli_no_image_matches_is_a_one_line_error(tmp_path):
+    done = _run_infer_cli(f"--checkpoint={tmp_path}", f"--images={tmp_path / 'no' / '*.png'}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 2, "no such file, directory or match")
+
+
+def test_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
+    Image.fromarray(_random_rgb(32, 32)).save(tmp_path / "a.png")
+    done = _run_infer_cli(f"--checkpoint={tmp_path / 'workdir'}", f"--images={tmp_path}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 1, "no checkpoint in")
+
+
+@pytest.mark.slow
+def test_cli_fails_when_every_input_is_unreadable(trained, tmp_path):
+    _, workdir, _ = trained
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    done = _run_infer_cli(f"--checkpoint={workdir}", f"--images={tmp_path / 'images'}",
+                          f"--output={tmp_path / 'out'}")
+    _one_line_error(done, 1, "no image predicted: 1 unreadable")
+    # The checkpoint was read without orbax's read-only warnings.
+    assert "read only" not in done.stderr and "read_only" not in done.stderr, done.stderr

@@ -50,10 +50,29 @@ def test_evaluate_without_checkpoint_fails_clearly(tmp_path):
         main.run(config, str(tmp_path), "evaluate")
 
 
+def _one_line_error(result, text: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "sln_jax.main: error:" in line]
+    assert len(lines) == 1 and text in lines[0], result.stderr[-3000:]
+
+
 def test_unknown_override_fails_naming_the_field(tmp_path):
     result = run_main(f"--workdir={tmp_path}", "--config.train.num_stepz=3", timeout=300)
-    assert result.returncode != 0
-    assert "num_stepz" in result.stderr
+    _one_line_error(result, "--config.train.num_stepz: the config has no field 'num_stepz'")
+    assert 'Did you mean "num_steps"' in result.stderr
+
+
+def test_bad_mode_is_a_one_line_error(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--mode=bogus", timeout=300)
+    _one_line_error(result, "--mode=bogus: value should be one of")
+
+
+def test_evaluate_of_a_workdir_without_a_run_is_a_one_line_error(tmp_path):
+    result = run_main(f"--workdir={tmp_path}", "--mode=evaluate", timeout=300, config=None)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "sln_jax.main: error:" in result.stderr and "no config.json" in result.stderr
 
 
 @pytest.mark.slow

@@ -73,3 +73,32 @@ def test_every_cli_configures_the_cpu_first(module):
             f"importlib.import_module('{module}').main(['prog'])\n")
     result = _python(code, None)
     assert (result.returncode, result.stdout.strip()) == (3, "configured"), result.stderr[-2000:]
+
+
+def test_tensorflow_imports_without_its_start_up_notices():
+    code = ("import os, sys\nfrom sln_jax import runtime\n"
+            "tf = runtime.import_tensorflow()\n"
+            "os.write(2, b'kept\\n')\nprint(tf.constant(2).numpy() + 1)\n")
+    result = _python(code, None)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "3"
+    for notice in runtime.TENSORFLOW_NOTICES:
+        assert notice not in result.stderr, result.stderr
+    assert "kept" in result.stderr
+
+
+def test_jax_backends_it_cannot_start_are_not_logged():
+    code = ("from absl import logging\nlogging.set_verbosity(logging.INFO)\n"
+            "logging.use_absl_handler()\nfrom sln_jax import runtime\n"
+            "runtime.quiet_jax_logs()\nimport jax\nprint(jax.devices()[0].platform)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Unable to initialize backend" not in result.stderr, result.stderr
+
+
+def test_main_imports_tensorflow_only_when_run():
+    # sln_jax.main must not import TensorFlow before runtime.import_tensorflow hides its notices.
+    result = _python("import sys, sln_jax.main; print('tensorflow' in sys.modules)", None)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]

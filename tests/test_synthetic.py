@@ -185,8 +185,11 @@ def test_cli_tiny_run_with_previews(tmp_path, capsys):
                            "--image_size", "48", "--seed", "5", "--max_objects", "4",
                            "--preview", "2"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "occluded" in printed and "previews: 2" in printed
+    # Labelled as generation, not to be read as training's progress.
+    assert "generated train: 3 images" in printed and "generate train:" in captured.err
     train = json.loads((out / "annotations" / "train.json").read_text())
     val = json.loads((out / "annotations" / "val.json").read_text())
     assert len(train["images"]) == 3 and len(val["images"]) == 2

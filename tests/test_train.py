@@ -128,6 +128,38 @@ def changed_arrays(before, after) -> dict[str, bool]:
     }
 
 
+def test_progress_line_has_rate_and_eta():
+    line = train._progress_line(25, 100, {"train/loss/total": 1.5}, steps_per_sec=2.5)
+    assert line.startswith("step 25/100 (25%) 2.5 steps/s ETA 30 s | ")
+    assert "total=1.5" in line
+    assert "ETA" not in train._progress_line(1, 100, {"train/lr": 0.1})
+    assert train.format_duration(185) == "3 min 05 s"
+    assert train.format_duration(2 * 3600 + 7 * 60) == "2 h 07 min"
+
+
+def test_evaluation_shows_progress(trainer, capsys):
+    trainer.evaluate_state(trainer.initial_state(pretrained_backbone=False))
+    assert "evaluate val:" in capsys.readouterr().err
+
+
+def test_evaluate_logs_metrics_and_pictures_to_tensorboard(trainer, tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    state = trainer.initial_state(pretrained_backbone=False)
+    trainer.evaluate(str(tmp_path), state)
+    tags = {}
+    for path in glob.glob(str(tmp_path / "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags[value.tag] = value
+    assert "val/amodal/AP" in tags
+    pictures = sorted(tag for tag in tags if tag.startswith("val/picture_"))
+    assert pictures == ["val/picture_00"]  # tiny config: eval.num_pictures = 1
+    assert os.path.exists(tmp_path / "pictures" / "val_00.png")
+
+
 def test_one_train_step_on_tiny_config(trainer):
     state = trainer.initial_state()
     before = jax.device_get(state.params)

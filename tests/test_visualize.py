@@ -211,3 +211,45 @@ def test_draw_picture_shows_only_confident_detections():
     reference = visualize.draw_picture(image, [])[:dh, :dw]
     only_low = np.repeat(np.repeat(amodal[1] & ~amodal[0], factor, 0), factor, 1)
     np.testing.assert_array_equal(picture[:dh, :dw][only_low], reference[only_low])
+
+
+def _square(y0: int, x0: int, side: int = 12, size: int = 48) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[y0:y0 + side, x0:x0 + side] = True
+    return mask
+
+
+def test_match_to_truth_is_greedy_by_score_at_iou_half():
+    truths = [{"amodal": _square(2, 2)}, {"amodal": _square(30, 30)}]
+    instances = [{"amodal": _square(3, 2), "score": 0.6},   # IoU 11/13 with GT0
+                 {"amodal": _square(2, 3), "score": 0.9},   # IoU 11/13 with GT0, higher score
+                 {"amodal": _square(20, 5), "score": 0.8}]  # overlaps nothing
+    assert visualize.match_to_truth(instances, truths) == [None, 0, None]
+    assert visualize.match_to_truth([], truths) == []
+    assert visualize.match_to_truth(instances[:1], []) == [None]
+
+
+def test_draw_comparison_puts_the_truth_above_the_prediction():
+    image = _random_rgb(48, 48)
+    front, back = _square(10, 10, 16), _square(18, 18, 16)
+    truths = [{"amodal": front, "visible": front, "category_id": 1, "depth_order": {1: 1}},
+              {"amodal": back, "visible": back & ~front, "category_id": 2,
+               "depth_order": {0: -1}}]
+    instances = [dict(truths[0], score=0.9, depth_order={})]
+    picture = visualize.draw_comparison(image, instances, truths, {1: "ring", 2: "disc"})
+    truth_alone = visualize.draw_picture(image, [dict(t, score=1.0) for t in truths], None, 0.0,
+                                         labels=["ring", "disc missed"],
+                                         show_scores=False)
+    prediction_alone = visualize.draw_picture(image, instances, None, labels=["ring 0.90 =GT0"],
+                                              show_scores=False)
+    assert picture.dtype == np.uint8 and picture.ndim == 3
+    assert picture.shape[0] == truth_alone.shape[0] + 8 + prediction_alone.shape[0]
+    # The image part of each half is the picture drawn alone with those tags.
+    scale_h = truth_alone.shape[0]
+    assert np.array_equal(picture[:scale_h, :truth_alone.shape[1] // 2],
+                          truth_alone[:, :truth_alone.shape[1] // 2])
+    top = scale_h + 8
+    assert np.array_equal(picture[top:, :prediction_alone.shape[1] // 2],
+                          prediction_alone[:, :prediction_alone.shape[1] // 2])
+    with pytest.raises(ValueError, match="1 labels for 2"):
+        visualize.draw_picture(image, [dict(t, score=1.0) for t in truths], labels=["x"])

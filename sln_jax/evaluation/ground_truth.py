@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from sln_jax import rle
+from sln_jax import depth_order, rle
 
 __all__ = ["ImageGT", "load", "load_json", "load_coco_gt", "load_cocoa_gt", "to_rle",
            "check_compressed_rles", "occlusion_from_areas", "source_name"]
@@ -40,6 +40,28 @@ class ImageGT:
     order: np.ndarray  # float64 depth rank, NaN when absent
     stuff: np.ndarray  # bool
     constraints: np.ndarray | None  # int64 [C, 2] (front, back) GT indices; None: derive
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The instances as pictures draw them (``visualize.draw_comparison``): ``amodal`` and
+        ``visible`` bool [H, W], ``category_id``, ``depth_order`` ({GT index: +1 / -1}) from
+        the constraints, else the depth ranks, else the masks."""
+        n = len(self.amodal)
+        if n == 0:
+            return []
+        amodal = mask_utils.decode(self.amodal).transpose(2, 0, 1).astype(bool)
+        visible = mask_utils.decode(self.visible).transpose(2, 0, 1).astype(bool)
+        if self.constraints is not None:
+            order = np.zeros((n, n), np.int8)
+            for front, back in np.asarray(self.constraints, np.int64).reshape(-1, 2):
+                order[front, back], order[back, front] = 1, -1
+        elif np.all(np.isfinite(self.order)):
+            order = depth_order.from_rank(amodal, self.order)
+        else:
+            order = depth_order.from_masks(amodal, visible)
+        relations = depth_order.to_relations(order)
+        return [{"amodal": amodal[i], "visible": visible[i],
+                 "category_id": int(self.categories[i]), "depth_order": relations[i]}
+                for i in range(n)]
 
 
 def load_json(source: str | os.PathLike | dict | list) -> Any:

@@ -551,6 +551,15 @@ def compute_metrics(images: list[ImageGT], categories: list[int], dets: list[Ima
     return metrics
 
 
+# Why a depth-order metric is -1 (undefined), printed beside it by format_table.
+_UNDEFINED_NOTES = {
+    "order/accuracy": "  (-1: no matched pair of overlapping ground-truth instances)",
+    "order/accuracy_decided": "  (-1: the prediction orders none of the matched pairs)",
+    "order/recall": "  (-1: the ground truth has no depth-order constraints, e.g. no "
+                    "COCOA depth_constraint)",
+}
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """A printable summary: COCOeval-style lines per mask type, then the occlusion-bin
     grid (things / stuff rows when present), occlusion classification and depth order."""
@@ -581,7 +590,8 @@ def format_table(metrics: dict[str, float]) -> str:
     for key in ("occlusion/accuracy", "occlusion/f1", "occlusion/rate_mae",
                 "order/accuracy", "order/accuracy_decided", "order/recall"):
         if key in metrics:
-            lines.append(f" {key:<22} = {metrics[key]:0.3f}")
+            note = _UNDEFINED_NOTES.get(key, "") if metrics[key] == -1 else ""
+            lines.append(f" {key:<22} = {metrics[key]:0.3f}{note}")
     if "order/pairs" in metrics:
         lines.append(f" {'order/pairs':<22} = {int(metrics['order/pairs'])}")
     return "\n".join(lines)
