@@ -23,8 +23,8 @@ Matched settings: torchvision with FrozenBatchNorm2d and every ResNet stage trai
 SLN's configs: ``norm = 'frozen_bn'``, nothing frozen), ``min_size = max_size = S`` so images
 are not resized, SGD with momentum on both sides, ``torch.set_num_threads(2)``. Everything
 else stays torchvision's default (512 ROIs per image for the box head, mask head on the
-positives) and sln-jax's paper config (``configs/cocoa.py``: 100 ROIs per image, mask
-slots sized to the batch's positives, 16 x 16 pool, GLM at stride 4). Scores are thresholded
+positives) and sln-jax's paper config (``configs/cocoa.py``: 100 ROIs per image, 32
+layering-head slots per image, 16 x 16 pool, GLM at stride 4, width 128). Scores are thresholded
 at 0.05 on both sides for inference.
 
 The torch side needs its own environment (torch is no dependency of sln-jax):
