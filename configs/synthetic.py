@@ -56,7 +56,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.glm = 0.5
     config.loss.occluded_pixel_weight = 4.0  # layers CE weight of hidden pixels
 
-
     # The main job's budget is 10 minutes on 2 cores end to end; 600 steps (~3 min) left the
     # box classifier and the layering head undertrained (measured: AP50 0.52 -> 0.66 at 1000).
     config.train.num_steps = 1500
