@@ -104,6 +104,19 @@ def from_masks(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
         return np.sign(evidence - evidence.T).astype(np.int8)
 
 
+def _box_overlaps(boxes: np.ndarray, n: int):
+    """(i, j, (top, left, bottom, right)) for each pair i < j of the first n boxes whose
+    pixel-rounded overlap window is not empty."""
+    for i in range(n):
+        for j in range(i + 1, n):
+            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
+            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
+            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
+            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
+            if bottom > top and right > left:
+                yield i, j, (top, left, bottom, right)
+
+
 def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
     """int8 [N, N] from full-image layering maps, each pair read on its boxes' overlap.
 
@@ -113,18 +126,11 @@ def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray) -> np.nd
     """
     n = len(layers)
     order = np.zeros((n, n), np.int8)
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom <= top or right <= left:
-                continue
-            window = np.stack([layers[i][top:bottom, left:right],
-                               layers[j][top:bottom, left:right]])
-            pair = semdist.depth_order(window)
-            order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
+    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
+        window = np.stack([layers[i][top:bottom, left:right],
+                           layers[j][top:bottom, left:right]])
+        pair = semdist.depth_order(window)
+        order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
     return order
 
 
@@ -159,15 +165,8 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
                                                                     :out.shape[1] - ox]
         return out[..., 0], out[..., 1:].sum(axis=-1)
 
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom <= top or right <= left or not np.any(
-                    amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
-                continue
+    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
+        if np.any(amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
             seen_i, hidden_i = cut(i, top, left, bottom, right)
             seen_j, hidden_j = cut(j, top, left, bottom, right)
             sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
