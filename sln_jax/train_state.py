@@ -108,8 +108,11 @@ def create_learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedul
     """
     base = float(optim_config.learning_rate)
     warmup_steps = int(optim_config.warmup_steps)
-    if not 0 <= warmup_steps <= num_steps:
-        raise ValueError(f"optim.warmup_steps={warmup_steps} must be in [0, num_steps={num_steps}]")
+    if warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={warmup_steps} must be >= 0")
+    # A short run (--config.train.num_steps=20 on a config with 50 warmup steps) warms up over
+    # all of its steps rather than stopping.
+    warmup_steps = min(warmup_steps, num_steps)
     after_warmup = max(num_steps - warmup_steps, 1)
     if optim_config.schedule == "cosine":
         decay = optax.cosine_decay_schedule(base, after_warmup)

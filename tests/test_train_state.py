@@ -92,3 +92,15 @@ def test_adamw_decays_kernels_only():
     updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_over_all_its_steps():
+    """--config.train.num_steps=20 on a config with 50 warmup steps trains (it used to stop
+    with 'warmup_steps=50 must be in [0, 20]'); a negative warmup is still an error."""
+    schedule = train_state.create_learning_rate_schedule(
+        optim_config(schedule="cosine", warmup_steps=50), 20)
+    values = np.asarray([float(schedule(s)) for s in range(20)])
+    np.testing.assert_allclose(values[0], 0.01, rtol=1e-6)
+    assert np.all(np.diff(values) > 0)
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        train_state.create_learning_rate_schedule(optim_config(warmup_steps=-1), 20)
