@@ -217,11 +217,11 @@ class JaxSide:
         self.compiled_step = self.step_fn.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
 
-        variables = self.state.variables
         images = self.batch["image"]
 
-        def backbone_loss(params):
-            v = {"params": params, "batch_stats": variables["batch_stats"]}
+        def backbone_loss(params, batch_stats):
+            # The state is donated by every train step: take its arrays as arguments.
+            v = {"params": params, "batch_stats": batch_stats}
             pyramid = model.apply(v, images, method=_pyramid)
             return sum(jnp.mean(level) for level in pyramid)
 
@@ -239,7 +239,8 @@ class JaxSide:
             self.postprocess.to_instances(one, (size, size), (size, size), self.config.model)
 
     def backbone(self):
-        self.jax.block_until_ready(self.backbone_fn(self.state.params))
+        self.jax.block_until_ready(self.backbone_fn(self.state.params,
+                                                    self.state.batch_stats))
 
     def info(self) -> dict:
         memory = self.compiled_step.memory_analysis()
