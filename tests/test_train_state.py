@@ -50,7 +50,7 @@ def test_bad_optimizer_config_names_the_field():
     with pytest.raises(ValueError, match="optim.name"):
         train_state.create_optimizer(optim_config(name="lamb"), 10)
     with pytest.raises(ValueError, match="optim.warmup_steps"):
-        train_state.create_learning_rate_schedule(optim_config(warmup_steps=11), 10)
+        train_state.create_learning_rate_schedule(optim_config(warmup_steps=-1), 10)
 
 
 def test_weight_decay_mask_excludes_norms_and_biases():
