@@ -244,7 +244,8 @@ class JaxSide:
 
     def info(self) -> dict:
         memory = self.compiled_step.memory_analysis()
-        cost = _cost(self.compiled_step)
+        from benchmarks import sln_parts
+        cost = sln_parts.cost(self.compiled_step)
         return {"peak_rss_mb": peak_rss_mb(), "version": self.jax.__version__,
                 "compile_s": self.compile_s, "init_s": self.init_s,
                 "xla_argument_mb": memory.argument_size_in_bytes / 2**20,
@@ -260,14 +261,6 @@ class JaxSide:
 def _pyramid(module, images):
     """SLN method: the FPN pyramid of ``images`` (backbone + FPN as inside the model)."""
     return module.pyramid(images)
-
-
-def _cost(compiled) -> dict:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list):
-        analysis = analysis[0]
-    return {"flops": float(analysis.get("flops", 0.0)),
-            "bytes": float(analysis.get("bytes accessed", 0.0))}
 
 
 def worker(side: str, size: int, batch: int, instances: int) -> None:

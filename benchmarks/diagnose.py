@@ -280,27 +280,19 @@ def model_with_features(model, variables: dict, images):
 def heads_on_boxes(model_config, variables: dict, pyramid, glm_logits, boxes, classes):
     """The layering head's outputs and the box head's class probabilities [B, N, C + 1] on
     given boxes [B, N, 4] (canvas pixels) of classes [B, N], from the model's pyramid and
-    GLM logits (``model_with_features``): the model's own head submodules applied to its
-    variables, wired as ``SLN.__call__`` wires them (the layering head is not otherwise
-    callable on given boxes; no model change needed)."""
+    GLM logits (``model_with_features``), through the model's own ``SLN.layer_head_on`` and
+    box head."""
     import jax
-    import jax.numpy as jnp
 
-    from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_glm, pool_rois
+    from sln_jax.models.roi_heads import pool_rois
+    from sln_jax.models.sln import SLN
 
-    cfg = model_config
-    dtype = jnp.dtype(cfg.dtype)
-    params = variables["params"]
-    glm_pooled = None
-    if glm_logits is not None:
-        glm_pooled = pool_glm(jax.nn.softmax(glm_logits, axis=-1), boxes, cfg.mask_pool_size)
-    head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes, cfg.class_agnostic_masks,
-                        cfg.mask_head_dim, dtype=dtype)
-    layer_out = head.apply({"params": params["layer_head"]},
-                           pool_rois(pyramid, boxes, cfg.mask_pool_size), classes, glm_pooled)
-    box_logits, _ = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype).apply(
-        {"params": params["box_head"]}, pool_rois(pyramid, boxes, cfg.box_pool_size))
-    return layer_out, jax.nn.softmax(box_logits, axis=-1)
+    def run(module):
+        layer_out = module.layer_head_on(pyramid, glm_logits, boxes, classes)
+        box_logits, _ = module.box_head(pool_rois(pyramid, boxes, model_config.box_pool_size))
+        return layer_out, jax.nn.softmax(box_logits, axis=-1)
+
+    return SLN(model_config).apply(variables, method=run)
 
 
 def run_model(config, variables: dict, batch: int, limit: int | None = None):

@@ -31,18 +31,24 @@ def _mean_sum(tree) -> jax.Array:
                if jnp.issubdtype(x.dtype, jnp.floating))
 
 
+def cost(compiled) -> dict:
+    """{'flops', 'bytes'} of a compiled function from XLA's cost analysis (whole call)."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {"flops": float(analysis.get("flops", 0.0)),
+            "bytes": float(analysis.get("bytes accessed", 0.0))}
+
+
 def _time_and_cost(fn, args, steps: int, batch: int) -> dict:
     compiled = jax.jit(fn).lower(*args).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    analysis = cost(compiled)
     jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
-    return {"gflops": float(cost.get("flops", 0.0)) / 1e9,
-            "gb": float(cost.get("bytes accessed", 0.0)) / 1e9,
+    return {"gflops": analysis["flops"] / 1e9, "gb": analysis["bytes"] / 1e9,
             "ms": 1e3 * statistics.median(times) / batch}
 
 
