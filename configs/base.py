@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "layers"
     config.model.class_agnostic_masks = True
     config.model.glm = True
+    # Our addition (sln_jax/models/roi_heads.py InstanceContext): the layering head compares
+    # each pixel with a descriptor of its ROI's object, the asymmetric cue that orders two
+    # overlapping objects (the reference configs turn it off).
+    config.model.instance_context = True
     # 128 as Panoptic FPN's semantic head (Kirillov et al. 2019), whose design the GLM follows
     # (docs/SLN.md: the reference's GLM is a frozen DeepLab): its 3x3 convs at stride 4 are
     # its whole cost, and at 256 it cost as much as a ResNet-50 at 512 px

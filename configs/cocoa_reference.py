@@ -91,6 +91,9 @@ def apply_reference_protocol(config: ml_collections.ConfigDict) -> ml_collection
     config.model.score_threshold = 0.0
     config.model.nms_threshold = 1.0
     config.model.max_detections = 100
+    # The reference's mask head is four convs on the ROI features (model.py Mask): no
+    # instance context (our addition, configs/base.py).
+    config.model.instance_context = False
     return config
 
 

@@ -39,6 +39,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     cfg.class_agnostic_masks = False
     cfg.glm = True
     cfg.glm_dim = 8
+    cfg.instance_context = True
     cfg.score_threshold = 0.0
     cfg.nms_threshold = 0.5
     cfg.max_detections = 6

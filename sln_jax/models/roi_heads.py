@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from sln_jax.ops import roi_align as roi_ops
 
-__all__ = ["BoxHead", "LayeringHead", "pool_rois", "pool_glm"]
+__all__ = ["BoxHead", "InstanceContext", "LayeringHead", "pool_rois", "pool_glm"]
 
 # ROIAlign of the GLM map: it lives at stride 4.
 GLM_SPATIAL_SCALE = 0.25
@@ -82,6 +82,37 @@ class BoxHead(nn.Module):
                 deltas.reshape(b, n, self.num_classes + 1, 4).astype(jnp.float32))
 
 
+class InstanceContext(nn.Module):
+    """Each pixel of a ROI compared with a descriptor of the ROI's own object.
+
+    Where two objects overlap, both ROIs pool the same pixels and the same global layering
+    map: nothing in a ROI's crop says which of the two objects the head is segmenting, so a
+    per-pixel head labels the overlap alike for both (measured: visible on 62 % and 58 % of
+    the overlap for front and back objects, ``benchmarks/diagnose.py``). Here the ROI pools
+    one descriptor of its object, an attention-weighted mean of its features (the attention
+    is a 1x1 conv plus a learned position prior, so it can favour the ROI's centre, where its
+    own object is), and every pixel gets its elementwise product with that descriptor: the
+    next conv reads how much the pixel looks like *this* object. That differs between the
+    two ROIs of a pair (the front object's colour, texture and edges are what the overlap
+    shows), which is what ordering them needs. Its cost is one 1x1 conv, a weighted mean
+    and a doubled input to the next conv.
+    """
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [M, r, r, F] ROI features -> [M, r, r, 2F]: x and x * descriptor."""
+        m, r, _, f = x.shape
+        attention = nn.Conv(1, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                            name="attention")(x)[..., 0]
+        prior = self.param("position_prior", nn.initializers.zeros, (r, r), jnp.float32)
+        weights = jax.nn.softmax((attention.astype(jnp.float32) + prior).reshape(m, r * r),
+                                 axis=-1).astype(x.dtype)
+        descriptor = jnp.einsum("mpf,mp->mf", x.reshape(m, r * r, f), weights)
+        descriptor = nn.Dense(f, dtype=self.dtype, name="project")(descriptor)
+        return jnp.concatenate([x, x * descriptor[:, None, None, :]], axis=-1)
+
+
 class LayeringHead(nn.Module):
     """Per-ROI layer logits or sem-dist map.
 
@@ -91,12 +122,16 @@ class LayeringHead(nn.Module):
       num_classes: C; used when ``class_agnostic`` is False.
       class_agnostic: one output set shared by all classes.
       features: conv width (fpn_dim; 256 in the paper).
+      instance_context: after the second conv, compare every pixel with a descriptor of the
+        ROI's own object (``InstanceContext``): the asymmetric cue that tells, where two
+        objects overlap, whether the pixel belongs to this ROI's object or to the other.
     """
     head: str
     num_layers: int
     num_classes: int
     class_agnostic: bool
     features: int
+    instance_context: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -122,6 +157,8 @@ class LayeringHead(nn.Module):
         x = x.reshape((b * n,) + x.shape[2:])
         init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         for i in range(4):
+            if i == 2 and self.instance_context:
+                x = InstanceContext(dtype=self.dtype, name="context")(x)
             x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, kernel_init=init,
                                 dtype=self.dtype, name=f"conv{i + 1}")(x))
         # A 2x2 stride-2 transposed conv maps each pixel linearly to its 2x2 output block:

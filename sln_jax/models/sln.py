@@ -76,6 +76,8 @@ Config fields read (``config.model``):
   mask_size: R, the layering head's output side; must equal 2 * mask_pool_size.
   head: 'layers' | 'semdist'.
   class_agnostic_masks: one layering output shared by all classes.
+  instance_context: the layering head compares each pixel with a descriptor of its ROI's
+    object (``sln_jax.models.roi_heads.InstanceContext``; our addition to the paper).
   glm: use the global layering module (its loss, and its maps in the layering head).
   glm_dim: GLM conv width.
   score_threshold: detections below this class probability are dropped (inference).
@@ -149,7 +151,8 @@ class SLN(nn.Module):
             self.glm = GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype)
         self.box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype)
         self.layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
-                                       cfg.class_agnostic_masks, cfg.mask_head_dim, dtype=dtype)
+                                       cfg.class_agnostic_masks, cfg.mask_head_dim,
+                                       instance_context=cfg.instance_context, dtype=dtype)
 
     def pyramid(self, images: jax.Array) -> list[jax.Array]:
         """FPN levels [P2..P6] of normalized images [B, S, S, 3]: P_l [B, S/2^l, S/2^l, F]."""
