@@ -5,11 +5,13 @@ with a few config overrides, run in its own subprocess and workdir ``ROOT/VARIAN
 table is read back from each run's ``metrics.json``. A finished variant is not rerun (delete
 its workdir to redo it). Variants:
 
-* default: ``configs/synthetic.py`` as it is (head 'layers', GLM, K = 4);
+* default: ``configs/synthetic.py`` as it is (head 'layers', GLM, K = 4, instance context);
 * semdist head: the paper's representation, the sem-dist map regressed directly;
 * no GLM: the layering head without the global layering map;
 * K = 2 / K = 3: fewer layer levels (records converted with that K);
-* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 4).
+* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 4);
+* no instance context: the layering head without ``InstanceContext`` (the paper's head);
+* sigmoid loss: the reference's per-layer binary cross-entropies (``config.loss.layers_form``).
 
   python benchmarks/ablation.py --root workdir/ablation [--steps N] [--only default,no_glm]
       [--markdown FILE]
@@ -37,6 +39,8 @@ VARIANTS = {
     "K = 2": ["--config.data.num_layers=2", "--config.model.num_layers=2"],
     "K = 3": ["--config.data.num_layers=3", "--config.model.num_layers=3"],
     "no hidden weight": ["--config.loss.occluded_pixel_weight=1.0"],
+    "no instance context": ["--config.model.instance_context=False"],
+    "sigmoid loss (reference)": ["--config.loss.layers_form=sigmoid"],
 }
 COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("occlusion/f1", "occl. F1"),
            ("order/accuracy", "order acc."), ("order/accuracy_decided", "acc. decided"),

@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.semdist = 1.0
     config.loss.glm = 1.0
     config.loss.occluded_pixel_weight = 1.0  # layers CE weight of hidden pixels
+    # 'softmax': the K layers and background exclusive per pixel (ours); 'sigmoid': the
+    # reference's per-layer binary cross-entropies (sln_jax/losses.py).
+    config.loss.layers_form = "softmax"
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 20000

@@ -610,6 +610,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Checked before anything is written: a bad count must not leave half a dataset.
+    for name in ("num_train", "num_val", "preview"):
+        if getattr(args, name) < 0:
+            print(f"error: --{name} must be >= 0, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     for split, count in (("train", args.num_train), ("val", args.num_val)):
         stats = write_split(args.output, split, count, args.seed, config, args.workers)
         n = max(stats["instances"], 1)

@@ -52,6 +52,10 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
+class DataStepFailed(RuntimeError):
+    """A data_prep command of the demo failed; it has printed its own one-line error."""
+
+
 def _run_module(module: str, *args) -> None:
     """Runs ``python -m module args``: the data_prep command lines (sln_jax imports nothing
     of data_prep, and the conversion workers never load what this process has loaded)."""
@@ -62,8 +66,8 @@ def _run_module(module: str, *args) -> None:
     if done.returncode in (130, -2):  # Ctrl-C reached the data step too: stop as it did
         raise KeyboardInterrupt
     if done.returncode:
-        raise RuntimeError(f"python -m {module} failed (exit status {done.returncode}); "
-                           "its message is above")
+        raise DataStepFailed(f"python -m {module} failed (exit status {done.returncode}); "
+                             "its message is above")
 
 
 def prepare_data(config, workdir: str) -> tuple[str, str]:
@@ -179,6 +183,8 @@ def main(argv: list[str]) -> None:
         run(FLAGS.config, FLAGS.workdir)
     except train.TrainingInterrupted as stop:
         raise cli.stopped(stop.exit_status, f"{stop}.", "sln_jax.demo") from None
+    except DataStepFailed as failure:
+        raise cli.error("sln_jax.demo", failure) from None
     except KeyboardInterrupt:
         raise cli.stopped(130, "interrupted; the run resumes from its latest checkpoint.",
                           "sln_jax.demo") from None

@@ -23,6 +23,13 @@ Terms (each normalized so that padding and unsampled entries never contribute):
   with a noisy-OR amodal term: on the synthetic set after 600 steps the occluded-layer channel
   never exceeded p = 0.3 anywhere (the amodal term pushes every channel up on hidden pixels,
   the visible one most), so no detection was ever predicted occluded (occlusion F1 = 0).
+* ``layers_form = 'sigmoid'`` (the reference's losses, for the ablation): ``layers`` is the
+  sum over the K channels of the binary cross-entropy of sigmoid(z_c) against
+  {pixel layer == c} (0 outside the amodal mask), hidden pixels weighted as above, and
+  ``amodal`` the binary cross-entropy of sigmoid(sum_c z_c) against the amodal mask.
+  Decoding is the same for both forms (``sln_jax.postprocess``: softmax with the fixed
+  background logit): where one channel is positive and the others negative, as the
+  sigmoid loss drives them, both read the same layer.
 * ``semdist`` (head 'semdist'): smooth L1 (beta 1) of the sem-dist map, mean over pixels of
   positive ROIs.
 * ``glm``: softmax cross-entropy of the global layering map at stride 4, mean over pixels
@@ -30,7 +37,8 @@ Terms (each normalized so that padding and unsampled entries never contribute):
 
 Loss config fields (``config.loss``): rpn_cls, rpn_box, box_cls, box_reg, layers, amodal,
 semdist, glm (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
-are not reported) and occluded_pixel_weight (see ``layers``).
+are not reported), occluded_pixel_weight (see ``layers``) and layers_form ('softmax' |
+'sigmoid', see above).
 """
 
 from __future__ import annotations
@@ -99,7 +107,11 @@ def _box_terms(outputs: dict) -> dict:
     return {"box_cls": _masked_mean(ce, valid), "box_reg": _masked_mean(reg, positive)}
 
 
-def _layer_terms(outputs: dict, occluded_pixel_weight: float) -> dict:
+def _layer_terms(outputs: dict, occluded_pixel_weight: float, form: str) -> dict:
+    if form not in ("softmax", "sigmoid"):
+        raise ValueError(f"config.loss.layers_form must be 'softmax' or 'sigmoid', got {form!r}")
+    if form == "sigmoid":
+        return _sigmoid_layer_terms(outputs, occluded_pixel_weight)
     logits = outputs["layer_logits"]  # [B, Np, R, R, K]
     targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
     roi_mask = outputs["mask_valid"][:, :, None, None]
@@ -113,6 +125,21 @@ def _layer_terms(outputs: dict, occluded_pixel_weight: float) -> dict:
     log_amodal, log_background = amodal_log_probs(logits)
     amodal = targets >= 0
     amodal_ce = -jnp.where(amodal, log_amodal, log_background)
+    return {"layers": layers, "amodal": _masked_mean(amodal_ce, pixel_mask)}
+
+
+def _sigmoid_layer_terms(outputs: dict, occluded_pixel_weight: float) -> dict:
+    """The reference's per-layer binary cross-entropies and summed-logit amodal term."""
+    logits = outputs["layer_logits"]  # [B, Np, R, R, K]
+    targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
+    num_layers = logits.shape[-1]
+    onehot = targets[..., None] == jnp.arange(num_layers)  # all False outside the mask
+    bce = -jnp.where(onehot, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
+    pixel_mask = jnp.broadcast_to(outputs["mask_valid"][:, :, None, None], targets.shape)
+    weight = pixel_mask * jnp.where(targets >= 1, occluded_pixel_weight, 1.0)
+    layers = jnp.sum(jnp.sum(bce, -1) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    total = jnp.sum(logits, axis=-1)
+    amodal_ce = -jnp.where(targets >= 0, jax.nn.log_sigmoid(total), jax.nn.log_sigmoid(-total))
     return {"layers": layers, "amodal": _masked_mean(amodal_ce, pixel_mask)}
 
 
@@ -144,7 +171,8 @@ def compute(outputs: dict, loss_config: ml_collections.ConfigDict
     terms.update(_rpn_terms(outputs))
     terms.update(_box_terms(outputs))
     if "layer_logits" in outputs:
-        terms.update(_layer_terms(outputs, float(loss_config.occluded_pixel_weight)))
+        terms.update(_layer_terms(outputs, float(loss_config.occluded_pixel_weight),
+                                  loss_config.layers_form))
     if "semdist" in outputs:
         terms.update(_semdist_terms(outputs))
     if "global_logits" in outputs:

@@ -53,6 +53,7 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({name: 1.0 for name in (
         "rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm",
         "occluded_pixel_weight")})
+    cfg.layers_form = "softmax"
     cfg.update(overrides)
     return cfg
 

@@ -197,3 +197,38 @@ def test_amodal_and_layer_losses_agree_on_a_correct_prediction():
     wrong = np.array([[8.0, -8.0, -8.0]], np.float32)
     assert -float(losses.layer_log_probs(jnp.asarray(wrong))[0, 2]) > 10
     assert -float(losses.amodal_log_probs(jnp.asarray(wrong))[0][0]) < 1e-3
+
+
+def test_sigmoid_layers_form_equals_numpy_reference():
+    """The reference's losses: per-layer BCE (hidden pixels weighted) and the BCE of the
+    sigmoid of the summed layer logits against the amodal mask."""
+    out = _outputs(5)
+    _, metrics = losses.compute(out, loss_config(occluded_pixel_weight=3.0,
+                                                 layers_form="sigmoid"))
+    o = {k: np.asarray(v) for k, v in out.items()}
+    bce_sum, weights, amodal = 0.0, 0.0, []
+    for b in range(B):
+        for r in range(NP):
+            if not o["mask_valid"][b, r]:
+                continue
+            for y in range(R):
+                for x in range(R):
+                    z, t = _np(o["layer_logits"][b, r, y, x]), o["layer_targets"][b, r, y, x]
+                    w = 3.0 if t >= 1 else 1.0
+                    bce = sum(-_log_sigmoid(z[c]) if t == c else -_log_sigmoid(-z[c])
+                              for c in range(K))
+                    bce_sum += w * bce
+                    weights += w
+                    s = z.sum()
+                    amodal.append(-_log_sigmoid(s) if t >= 0 else -_log_sigmoid(-s))
+    np.testing.assert_allclose(float(metrics["loss/layers"]), bce_sum / weights, rtol=2e-5)
+    np.testing.assert_allclose(float(metrics["loss/amodal"]), np.mean(amodal), rtol=2e-5)
+    # The other terms do not depend on the form.
+    _, softmax = losses.compute(out, loss_config())
+    assert float(metrics["loss/glm"]) == float(softmax["loss/glm"])
+    assert float(metrics["loss/layers"]) != float(softmax["loss/layers"])
+
+
+def test_unknown_layers_form_is_a_clear_error():
+    with pytest.raises(ValueError, match="layers_form must be 'softmax' or 'sigmoid'"):
+        losses.compute(_outputs(0), loss_config(layers_form="focal"))

@@ -210,3 +210,15 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "min_objects" in capsys.readouterr().err
     with pytest.raises(ValueError, match="num_images"):
         synthetic.write_split(str(tmp_path), "train", -1, 0, SMALL, progress=False)
+
+
+@pytest.mark.parametrize("flag,value", [("--num_train", "-3"), ("--num_val", "-1"),
+                                        ("--workers", "0"), ("--preview", "-2")])
+def test_cli_rejects_bad_counts_before_writing(tmp_path, capsys, flag, value):
+    argv = {"--output": str(tmp_path / "out"), "--num_train": "1", "--num_val": "1"}
+    argv[flag] = value
+    code = synthetic.main([item for pair in argv.items() for item in pair])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
