@@ -50,7 +50,7 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sln_jax import layering, postprocess, semdist  # noqa: E402
+from sln_jax import canvas, layering, postprocess, semdist  # noqa: E402
 from sln_jax.evaluation import ground_truth  # noqa: E402
 from sln_jax.evaluation import metrics as evaluation  # noqa: E402
 from sln_jax.evaluation import results as eval_results  # noqa: E402
@@ -367,8 +367,7 @@ def decode_into(source: Source, outputs: dict, image_id: int, image_size, orig_s
     layers = np.stack([inst["layers"] for inst in instances]) if d else np.zeros((0, h, w))
     source.layers[image_id] = layers.astype(np.int8)
     keep = np.flatnonzero(np.asarray(outputs["valid"], bool))
-    boxes = postprocess._canvas_to_original(np.asarray(outputs["boxes"])[keep], image_size,
-                                            (h, w))
+    boxes = canvas.boxes_to_original(np.asarray(outputs["boxes"])[keep], image_size, (h, w))
     cues = None
     if d and model_config.head == "layers":
         probs = postprocess.layer_probs(np.asarray(outputs["layer_logits"])[keep])
@@ -630,11 +629,11 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    from sln_jax import train
+    from sln_jax import checkpoints, train
 
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    checkpoint = train.load_checkpoint(args.workdir)
+    checkpoint = checkpoints.load_checkpoint(args.workdir)
     variables = {"params": checkpoint["params"], "batch_stats": checkpoint["batch_stats"]}
     gt_json = train._eval_gt_json(config)
     gt_data = ground_truth.load_json(gt_json)

@@ -289,3 +289,18 @@ def test_report_scores_each_image_with_its_own_orders():
     assert "argmax layers: TP 2 FP 0 FN 0 F1 1.000" in line
     assert "higher score: TP 1 FP 1 FN 1 F1 0.500" in line
     assert "GT order: TP 2 FP 0 FN 0 F1 1.000" in line
+
+
+@pytest.mark.slow
+def test_main_on_a_trained_workdir(tmp_path, capsys):
+    """The command line end to end on a workdir trained 2 steps (the tiny config)."""
+    from sln_jax import train
+    from tiny_dataset import make_tiny_dataset, tiny_config
+
+    config = tiny_config(make_tiny_dataset(str(tmp_path), num_train=4, num_val=3))
+    config.train.num_steps = 2
+    train.train(config, str(tmp_path / "workdir"), evaluate_every=False)
+    assert diagnose.main(["--workdir", str(tmp_path / "workdir"), "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2" in out and "3 val images" in out
+    assert "detector boxes (the evaluation)" in out and "ground-truth boxes" in out
