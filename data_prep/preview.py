@@ -1,8 +1,9 @@
 """Pictures of converted records: what the TFRecords hold, drawn for a person to check.
 
-    python -m data_prep.preview --records DIR [--split train] [--num 8] [--output DIR]
+    python -m data_prep.preview --records DIR [--split NAME] [--num 8] [--output DIR]
 
-For each of the first ``--num`` records of a split, one PNG (``OUTPUT/{split}_{image id}.png``,
+For each of the first ``--num`` records of a split (default: ``train`` when it was converted,
+else the first split in ``DIR/metadata.json``), one PNG (``OUTPUT/{split}_{image id}.png``,
 ``OUTPUT`` defaulting to ``DIR/previews``) shows what training will read, not a
 recomputation: the image with the stored amodal and visible masks (visible parts filled,
 occluded parts hatched, amodal outlines), the stored global layering map, the depth-order
@@ -33,15 +34,16 @@ __all__ = ["read_split", "render", "preview", "main"]
 PER_ROW = 4  # instances per row of crop panels (each instance: layer and sem-dist crop)
 
 
-def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, dict]]]:
+def read_split(records_dir: str, split: str | None = None
+               ) -> tuple[dict, str, Iterator[tuple[str, dict]]]:
     """The metadata of a converted directory and its split's parsed records, in file order.
 
     Args:
       records_dir: output directory of ``data_prep.convert``.
-      split: split name.
+      split: split name; None: ``train`` if converted, else the metadata's first split.
 
     Returns:
-      (metadata dict, iterator of (shard file name, ``records.parse`` dict)).
+      (metadata dict, split name, iterator of (shard file name, ``records.parse`` dict)).
 
     Raises:
       DataError: without metadata, for an unknown split or a missing shard.
@@ -55,6 +57,10 @@ def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, 
     except ValueError as err:
         raise DataError(str(err)) from None
     splits = metadata.get("splits", {})
+    if not splits:
+        raise DataError(f"{path}: no converted split")
+    if split is None:
+        split = "train" if "train" in splits else next(iter(splits))
     if split not in splits:
         raise DataError(f"{path}: no split {split!r}; converted splits: {sorted(splits)}")
     files = splits[split]["files"]
@@ -68,7 +74,7 @@ def read_split(records_dir: str, split: str) -> tuple[dict, Iterator[tuple[str, 
             for data in tfrecord.read_records(os.path.join(records_dir, name)):
                 yield name, records.parse(data, metadata["mask_target_size"])
 
-    return metadata, parsed()
+    return metadata, split, parsed()
 
 
 def _image(record: dict) -> np.ndarray:
@@ -146,9 +152,10 @@ def render(path: str, record: dict, num_layers: int, class_names: Mapping[int, s
     atomic.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def preview(records_dir: str, split: str = "train", num: int = 8, output: str | None = None,
-            progress: bool = True) -> list[str]:
-    """Pictures of the first ``num`` records of a split; returns the written paths.
+def preview(records_dir: str, split: str | None = None, num: int = 8,
+            output: str | None = None, progress: bool = True) -> list[str]:
+    """Pictures of the first ``num`` records of a split (None: see ``read_split``); returns
+    the written paths (``OUTPUT/{split}_{image id}.png``).
 
     Raises:
       DataError: see ``read_split``; ValueError on a corrupt shard or record.
@@ -157,7 +164,7 @@ def preview(records_dir: str, split: str = "train", num: int = 8, output: str | 
 
     if num < 1:
         raise DataError(f"--num must be >= 1, got {num}")
-    metadata, parsed = read_split(records_dir, split)
+    metadata, split, parsed = read_split(records_dir, split)
     output = output or os.path.join(records_dir, "previews")
     os.makedirs(output, exist_ok=True)
     class_names = {int(c): name for c, name in metadata.get("classes", {}).items()}
@@ -174,7 +181,8 @@ def preview(records_dir: str, split: str = "train", num: int = 8, output: str | 
 def _define_flags(values: flags.FlagValues) -> None:
     flags.DEFINE_string("records", None, "data_prep.convert output directory",
                         flag_values=values)
-    flags.DEFINE_string("split", "train", "split to draw", flag_values=values)
+    flags.DEFINE_string("split", None, "split to draw (default: train if converted, else "
+                        "the first split in metadata.json)", flag_values=values)
     flags.DEFINE_integer("num", 8, "records to draw, from the start", flag_values=values)
     flags.DEFINE_string("output", None, "default: RECORDS/previews", flag_values=values)
     flags.DEFINE_bool("no_progress", False, "no progress bar", flag_values=values)

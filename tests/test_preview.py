@@ -17,17 +17,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, P = 3, 10
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("preview")
-    scenes = [layered_scene(seed=s, count=3) for s in range(3)] + [layered_scene(seed=9,
-                                                                                  count=0)]
-    path, images = write_d2sa(str(root / "d2sa"), scenes)
+def _convert(root, split, scenes):
+    path, images = write_d2sa(str(root / "d2sa"), scenes, split=split)
     output = str(root / "records")
     assert convert.main(["--dataset", "d2sa", "--annotations", path, "--images", images,
                          "--output", output, "--num_layers", str(K), "--mask_target_size",
                          str(P), "--workers", "1", "--no_progress", "--num_shards", "2"]) == 0
     return output
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    scenes = [layered_scene(seed=s, count=3) for s in range(3)] + [layered_scene(seed=9,
+                                                                                  count=0)]
+    return _convert(tmp_path_factory.mktemp("preview"), "train", scenes)
 
 
 def test_pictures_of_the_first_records(converted, tmp_path, capsys):
@@ -44,6 +47,23 @@ def test_pictures_of_the_first_records(converted, tmp_path, capsys):
     # Asking for more than there is draws every record, the image without instances too.
     paths = preview.preview(converted, num=50, output=out, progress=False)
     assert [os.path.basename(p) for p in paths] == [f"train_{i}.png" for i in range(1, 5)]
+
+
+def test_without_a_train_split_draws_the_first_converted_one(tmp_path, capsys):
+    records_dir = _convert(tmp_path, "val", [layered_scene(seed=s, count=2) for s in range(2)])
+    _convert(tmp_path, "test", [layered_scene(seed=5, count=2)])
+    # No --split: the first split of metadata.json (val, converted first), to RECORDS/previews.
+    assert preview.main(["--records", records_dir, "--no_progress"]) == 0
+    assert "2 pictures" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(records_dir, "previews"))) == ["val_1.png",
+                                                                         "val_2.png"]
+    assert preview.main(["--records", records_dir, "--split", "test", "--no_progress"]) == 0
+    assert "test_1.png" in os.listdir(os.path.join(records_dir, "previews"))
+    # A split that was not converted: one line naming the ones that were.
+    assert preview.main(["--records", records_dir, "--split", "train", "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no split 'train'; converted splits: ['test', 'val']" in err
 
 
 def test_runs_without_tensorflow(converted, tmp_path):

@@ -2,20 +2,25 @@
 converted records for every dataset format, bad input, and the input pipeline's 'tfds'
 source giving the records' batches."""
 
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import data_prep.tfds_builders as tfds_builders
+import readme_commands
 from amodal_files import cocoa_samples, edit_json, layered_scene, write_d2sa
 from data_prep import convert
 from data_prep.scene import DataError
 from sln_jax import input_pipeline
-from tfds_helpers import (K, P, assert_same_as_records, leftovers, tiny_config,
-                          tiny_synthetic_config)
+from tfds_helpers import (K, P, TINY_SYNTHETIC, assert_same_as_records, leftovers,
+                          tiny_config, tiny_synthetic_config)
 from tiny_dataset import load_tiny_config
 
 KINS = os.path.join(os.path.dirname(__file__), "fixtures", "kins")
@@ -72,6 +77,43 @@ def test_synthetic_holds_the_records_examples(synthetic):
     again = tfds.builder(f"sln_synthetic/{builder.builder_config.name}",
                          data_dir=builder.data_dir_root)
     assert again.is_prepared()
+
+
+def _tfds_cli() -> list[str]:
+    """TFDS's own command line: the ``tfds`` script of this interpreter's environment, or
+    the module it runs."""
+    script = os.path.join(os.path.dirname(sys.executable), "tfds")
+    if os.path.isfile(script):
+        return [script]
+    return [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main"]
+
+
+def test_tfds_build_command_of_the_readme(synthetic, tmp_path):
+    """The README's ``tfds build`` command, run as written from the repository root (only
+    --data_dir moved to a temporary directory): TFDS's CLI starts (it needs mlcroissant),
+    finds the builders through --imports, builds the tiny config given as JSON, and the
+    result loads by name with the records' examples."""
+    (words,) = readme_commands.find("tfds build")
+    env = dict(os.environ)
+    while re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    assert words[:2] == ["tfds", "build"]
+    flags = readme_commands.flag_values(words)
+    config = json.loads(flags["config"])
+    assert config == TINY_SYNTHETIC  # the size the other tests build
+    data_dir = str(tmp_path / "tfds")
+    words[words.index(flags["data_dir"])] = data_dir
+    done = subprocess.run(_tfds_cli() + words[1:], cwd=readme_commands.REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    builder = tfds.builder(f"sln_synthetic/{config['name']}", data_dir=data_dir)
+    assert builder.is_prepared()
+    assert {split: info.num_examples for split, info in builder.info.splits.items()} == {
+        "train": 8, "val": 4}
+    _, records_dir = synthetic  # the same config drawn and converted in this process
+    assert assert_same_as_records(builder, "train", records_dir) == 8
+    assert assert_same_as_records(builder, "val", records_dir) == 4
 
 
 def _manual_d2sa(root):

@@ -4,7 +4,8 @@
     builder = tfds.builder("sln_synthetic", data_dir="~/tensorflow_datasets")
     builder.download_and_prepare()
 
-or ``tfds build sln_synthetic --imports data_prep.tfds_builders [--beam_pipeline_options=...]``.
+or, from the repository root, ``PYTHONPATH=. tfds build sln_synthetic --imports
+data_prep.tfds_builders [--config NAME_OR_JSON] [--beam_pipeline_options=...]``.
 
 | name               | data                                   | reader                     |
 |--------------------|----------------------------------------|----------------------------|

@@ -3,8 +3,8 @@
     python -m data_prep.tfds_builders --dataset NAME [--config CONFIG] --data_dir DIR \\
         [--manual_dir DIR] [--beam_pipeline_options "runner=DirectRunner,..."]
 
-What ``tfds build NAME --imports data_prep.tfds_builders`` does (that CLI of TFDS 4.9.10
-also needs the ``mlcroissant`` package to start); bad input exits with status 1 and one
+What ``tfds build NAME --imports data_prep.tfds_builders`` does (TFDS's CLI; from the
+repository root with ``PYTHONPATH=.``, see the README); bad input exits with status 1 and one
 line naming the file and the image / annotation id, as ``data_prep.convert`` does, also
 when the error happened in a Beam worker.
 """
