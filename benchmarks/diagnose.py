@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -625,14 +624,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the first N val images (the GT is cut to them)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    import ml_collections
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
     from sln_jax import checkpoints, train
 
-    with open(os.path.join(args.workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = checkpoints.load_config(args.workdir)
     checkpoint = checkpoints.load_checkpoint(args.workdir)
     variables = {"params": checkpoint["params"], "batch_stats": checkpoint["batch_stats"]}
     gt_json = train._eval_gt_json(config)

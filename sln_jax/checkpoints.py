@@ -174,6 +174,25 @@ def find_workdir(path: str | os.PathLike) -> Path:
     return directory
 
 
+# Fields added to the config after checkpoints existed, with the value that reproduces a
+# run saved without them (its model had no such part): a saved config is read through
+# ``upgrade_config``, so older workdirs keep evaluating and predicting as they were trained.
+ADDED_FIELDS = {
+    ("model", "instance_context"): False,
+    ("loss", "layers_form"): "softmax",
+}
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A copy of a saved config dict with every ``ADDED_FIELDS`` entry it lacks filled in."""
+    upgraded = {key: dict(value) if isinstance(value, dict) else value
+                for key, value in saved.items()}
+    for (section, field), value in ADDED_FIELDS.items():
+        if isinstance(upgraded.get(section), dict):
+            upgraded[section].setdefault(field, value)
+    return upgraded
+
+
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a training run saved in its workdir (``WORKDIR/config.json``, else the
     latest checkpoint's), for evaluating or predicting with the run as it was trained.
@@ -185,9 +204,9 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     path = workdir / CONFIG_FILE
     if path.is_file():
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            return ml_collections.ConfigDict(upgrade_config(json.load(f)))
     try:
-        return ml_collections.ConfigDict(load_checkpoint(str(workdir))["config"])
+        return ml_collections.ConfigDict(upgrade_config(load_checkpoint(str(workdir))["config"]))
     except FileNotFoundError:
         raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE} and no checkpoint; is it a "
                                 "training workdir (python -m sln_jax.main --workdir)?") from None
@@ -204,11 +223,11 @@ def check_compatible(config, saved: dict, where: str | os.PathLike) -> None:
     Raises:
       ValueError: naming ``where`` and every differing field with both values.
     """
-    saved_model = saved.get("model", {}) if isinstance(saved, dict) else {}
+    saved_model = upgrade_config(saved).get("model", {}) if isinstance(saved, dict) else {}
     current = config.model.to_dict()
     differences = []
     for key, value in saved_model.items():
-        if key in INFERENCE_FIELDS:
+        if key in INFERENCE_FIELDS or (key not in current and ("model", key) in ADDED_FIELDS):
             continue
         here = current.get(key)
         if isinstance(value, list):

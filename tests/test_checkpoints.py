@@ -67,3 +67,18 @@ def test_saved_config_is_the_workdirs_config(tmp_path):
     assert checkpoints.load_config(tmp_path).seed == 5
     with pytest.raises(FileNotFoundError, match="training workdir"):
         checkpoints.load_config(tmp_path / "nothing")
+
+
+def test_a_config_saved_before_a_field_existed_reads_as_it_was_trained(tmp_path):
+    """Workdirs trained before ``model.instance_context`` existed had no such part: their
+    saved config reads it as off, and a run with it on is told the checkpoint differs."""
+    (tmp_path / "config.json").write_text('{"model": {"num_layers": 4}, "loss": {}}')
+    config = checkpoints.load_config(tmp_path)
+    assert config.model.instance_context is False
+    assert config.loss.layers_form == "softmax"
+    current = ml_collections.ConfigDict({"model": {"num_layers": 4, "instance_context": True}})
+    with pytest.raises(ValueError, match="model.instance_context: checkpoint False, config True"):
+        checkpoints.check_compatible(current, {"model": {"num_layers": 4}}, "old")
+    # A saved value is kept, never overwritten.
+    upgraded = checkpoints.upgrade_config({"model": {"instance_context": True}})
+    assert upgraded["model"]["instance_context"] is True
