@@ -8,8 +8,9 @@ its workdir to redo it). Variants:
 * default: ``configs/synthetic.py`` as it is (head 'layers', GLM, K = 4, instance context);
 * semdist head: the paper's representation, the sem-dist map regressed directly;
 * no GLM: the layering head without the global layering map;
-* K = 2 / K = 3: fewer layer levels (records converted with that K);
-* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 4);
+* K = 2: one hidden level instead of three (records converted with that K; the default is
+  K = 4: visible, hidden once, twice, three times or more);
+* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 2);
 * no instance context: the layering head without ``InstanceContext`` (the paper's head);
 * sigmoid loss: the reference's per-layer binary cross-entropies (``config.loss.layers_form``).
 
@@ -37,7 +38,6 @@ VARIANTS = {
     "semdist head": ["--config.model.head=semdist"],
     "no GLM": ["--config.model.glm=False"],
     "K = 2": ["--config.data.num_layers=2", "--config.model.num_layers=2"],
-    "K = 3": ["--config.data.num_layers=3", "--config.model.num_layers=3"],
     "no hidden weight": ["--config.loss.occluded_pixel_weight=1.0"],
     "no instance context": ["--config.model.instance_context=False"],
     "sigmoid loss (reference)": ["--config.loss.layers_form=sigmoid"],
