@@ -141,8 +141,9 @@ def test_layering_head_with_instance_context():
     head = LayeringHead("layers", K, C, True, 8, instance_context=True)
     variables = jax.jit(head.init)(jax.random.key(1), pooled, classes)
     params = variables["params"]
-    # conv3 reads the features and their product with the ROI's descriptor.
-    assert params["conv3"]["kernel"].shape == (3, 3, 16, 8)
+    # The product with the ROI's descriptor is projected back to the head's width.
+    assert params["conv3"]["kernel"].shape == (3, 3, 8, 8)
+    assert params["context"]["compare"]["kernel"].shape == (1, 1, 8, 8)
     assert params["context"]["position_prior"].shape == (7, 7)
     out = head.apply(variables, pooled, classes)
     assert out.shape == (B, N, 14, 14, K)
