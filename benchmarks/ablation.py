@@ -9,7 +9,10 @@ its workdir to redo it). Variants:
 * semdist head: the paper's representation, the sem-dist map regressed directly;
 * no GLM: the layering head without the global layering map;
 * K = 2 / K = 3: fewer layer levels (records converted with that K);
-* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 4).
+* no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 4);
+* semantic input (exact classes): the layering head also takes the generator's exact class
+  map (background and the 5 classes, ROI-aligned like the GLM map), as the reference feeds
+  DeepLab's class probabilities: an upper bound on what a semantic segmentation adds.
 
   python benchmarks/ablation.py --root workdir/ablation [--steps N] [--only default,no_glm]
       [--markdown FILE]
@@ -37,6 +40,8 @@ VARIANTS = {
     "K = 2": ["--config.data.num_layers=2", "--config.model.num_layers=2"],
     "K = 3": ["--config.data.num_layers=3", "--config.model.num_layers=3"],
     "no hidden weight": ["--config.loss.occluded_pixel_weight=1.0"],
+    "semantic input (exact classes)": ["--config.synthetic.semantic=True",
+                                       "--config.model.semantic_channels=6"],
 }
 COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("occlusion/f1", "occl. F1"),
            ("order/accuracy", "order acc."), ("order/accuracy_decided", "acc. decided"),
