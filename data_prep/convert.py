@@ -6,8 +6,8 @@
         [--semantic_dir DIR --semantic_channels S]
 
 Writes ``OUTPUT/{split}.tfrecord-{i:05d}-of-{N:05d}`` (schema: ``sln_jax.records``) and
-merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, shard files
-and example counts, statistics and every warning counter). Each shard is written by one
+merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, the semantic
+maps' class count, shard files and example counts, statistics and every warning counter). Each shard is written by one
 worker process under ``<shard>.incomplete`` and renamed when complete, after its statistics
 (``OUTPUT/shard_stats/<shard>.json``); a re-run skips complete shards (resume) unless
 ``--overwrite``. Bad input stops the run with one line naming the file and the image /

@@ -191,6 +191,8 @@ def train_step(
       ``grad_norm`` (before clipping) and ``finite`` (1.0 when loss and gradients are finite).
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    # The semantic map (config.model.semantic_channels > 0) is the model's only other input.
+    inputs = {"semantic": batch["semantic"]} if "semantic" in batch else {}
 
     def total_loss(params):
         outputs = state.apply_fn(
@@ -198,8 +200,8 @@ def train_step(
             batch["image"],
             batch,
             train=True,
-            semantic=batch.get("semantic"),
             rngs={"sampling": rng},
+            **inputs,
         )
         return loss_fn(outputs)
 
@@ -231,7 +233,8 @@ def eval_step(state: TrainState, images: jax.Array,
     Returns:
       The model's train=False outputs (``boxes`` [B, D, 4], ``scores`` [B, D], ...).
     """
-    return state.apply_fn(state.variables, images, None, train=False, semantic=semantic)
+    inputs = {} if semantic is None else {"semantic": semantic}
+    return state.apply_fn(state.variables, images, None, train=False, **inputs)
 
 
 def jit_train_step(loss_fn, mesh: Mesh, frozen: tuple[str, ...] = ()):
