@@ -13,6 +13,9 @@ its workdir to redo it). Variants:
 * no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 2);
 * no instance context: the layering head without ``InstanceContext`` (the paper's head);
 * sigmoid loss: the reference's per-layer binary cross-entropies (``config.loss.layers_form``).
+* semantic input (exact classes): the layering head also takes the generator's exact class
+  map (background and the 5 classes, ROI-aligned like the GLM map), as the reference feeds
+  DeepLab's class probabilities: an upper bound on what a semantic segmentation adds.
 
   python benchmarks/ablation.py --root workdir/ablation [--steps N] [--only default,no_glm]
       [--markdown FILE]
@@ -41,6 +44,8 @@ VARIANTS = {
     "no hidden weight": ["--config.loss.occluded_pixel_weight=1.0"],
     "no instance context": ["--config.model.instance_context=False"],
     "sigmoid loss (reference)": ["--config.loss.layers_form=sigmoid"],
+    "semantic input (exact classes)": ["--config.synthetic.semantic=True",
+                                       "--config.model.semantic_channels=6"],
 }
 COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("occlusion/f1", "occl. F1"),
            ("order/accuracy", "order acc."), ("order/accuracy_decided", "acc. decided"),

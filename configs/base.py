@@ -7,9 +7,9 @@ import it and change only what differs (as flax's ``configs/default.py``):
 
   python -m sln_jax.main --config configs/d2sa.py --workdir workdir/d2sa
 
-K and the class count are stated once, in ``config.data``; ``config.model`` refers to them
-(``FieldReference``), and the records' ``metadata.json`` is checked against them when a run
-starts (``sln_jax.records.read_metadata``).
+K, the class count and the semantic map's class count are stated once, in ``config.data``;
+``config.model`` refers to them (``FieldReference``), and the records' ``metadata.json`` is
+checked against them when a run starts (``sln_jax.records.read_metadata``).
 """
 
 import ml_collections
@@ -34,6 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.flip = True
     config.data.source = "records"  # or "tfds": dir is a data_prep.tfds_builders version dir
     config.data.box_jitter = 0.0  # GT boxes += U(-1, 1) x j x size (input_pipeline)
+    # S_sem > 0: a per-pixel S_sem-class map from the records (a segmentation model's class
+    # ids, data_prep.convert --semantic_dir DIR --semantic_channels S_sem) is ROI-aligned
+    # and concatenated to the layering head's input, as the reference feeds DeepLab's 182
+    # COCO-Stuff classes (docs/SLN.md section 3). 0 = off. Read by the input pipeline and,
+    # through config.model.semantic_channels below, by the model.
+    config.data.semantic_channels = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.backbone = "resnet101"
@@ -51,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     # and training checks them against the records' metadata.json at start-up.
     config.model.num_classes = config.data.get_ref("num_classes")
     config.model.num_layers = config.data.get_ref("num_layers")
+    config.model.semantic_channels = config.data.get_ref("semantic_channels")
     config.model.anchor_sizes = (32, 64, 128, 256, 512)
     config.model.anchor_ratios = (0.5, 1.0, 2.0)
     config.model.rpn_pre_nms_topk = 2000

@@ -14,9 +14,12 @@ reference's per image: learning rate x batch (the linear scaling rule, Goyal et 
 "Accurate, Large Minibatch SGD"), steps / batch, the decay at the same image count. Both
 follow ``--config.train.batch_size`` (ml_collections field references).
 
-Not reproduced: the reference's GLM input, a frozen DeepLab-v2 (COCO-Stuff, 182 classes) whose
-class probabilities are ROI-aligned into the mask head (amodal_train.py GLM_modual; issue 17
-item 4, pending); our GLM is the learned layering head and trains with its own loss.
+Not set here: the reference's GLM input, a frozen DeepLab-v2 (COCO-Stuff, 182 classes) whose
+class probabilities are ROI-aligned into the mask head (amodal_train.py GLM_modual). sln-jax
+ships no DeepLab; with the class maps of one (or of any segmentation model), converted with
+``--semantic_dir DIR --semantic_channels 182``, ``--config.data.semantic_channels=182`` feeds
+them to the layering head the same way (as class fractions of the argmax, not the softmax).
+Our GLM, the learned layering head, trains with its own loss either way.
 """
 
 import importlib.util

@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic.num_val = 100
     config.synthetic.num_shards = 4
     config.synthetic.workers = 2
+    # True: the demo also writes the generator's exact class maps (background 0, else the
+    # class of the object visible at each pixel) and converts the records with them; then
+    # train with --config.model.semantic_channels=6 (5 classes + background).
+    config.synthetic.semantic = False
 
     config.data.dir = "data/synthetic/records"
     config.data.image_size = 128

@@ -3,10 +3,11 @@
     python -m data_prep.convert --dataset {synthetic,cocoa,cocoa_cls,d2sa,kins} \\
         --annotations FILE --images DIR --output DIR [--num_shards N] [--workers W] \\
         [--num_layers K] [--split NAME] [--mask_target_size P] [--overwrite]
+        [--semantic_dir DIR --semantic_channels S]
 
 Writes ``OUTPUT/{split}.tfrecord-{i:05d}-of-{N:05d}`` (schema: ``sln_jax.records``) and
-merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, shard files
-and example counts, statistics and every warning counter). Each shard is written by one
+merges the split into ``OUTPUT/metadata.json`` (classes, K, P, schema version, the semantic
+maps' class count, shard files and example counts, statistics and every warning counter). Each shard is written by one
 worker process under ``<shard>.incomplete`` and renamed when complete, after its statistics
 (``OUTPUT/shard_stats/<shard>.json``); a re-run skips complete shards (resume) unless
 ``--overwrite``. Bad input stops the run with one line naming the file and the image /
@@ -14,6 +15,13 @@ annotation id (exit status 1) and leaves no partial shard behind; repairable pro
 counted in the metadata instead (see ``data_prep.scene``).
 
 Images are split into shards contiguously in the annotation file's order.
+
+Semantic maps (the optional input of the layering head, ``config.data.semantic_channels``):
+with ``--semantic_dir DIR --semantic_channels S`` every record also holds the image's class
+ids from ``DIR/<image file stem>.png`` (format and checks: ``sln_jax.semantic``), and
+``metadata.json`` records ``semantic_channels`` = S (0 without them). Every image needs its
+map: a missing one stops the run before anything is written; one of another size than the
+image or with an id outside [0, S) stops it with the file named, as bad images do.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from data_prep.records import serialize
 from data_prep.scene import AnnotationSet, DataError, Scene, SceneSource, load_scene
 from data_prep.targets import Targets, build_targets
 from sln_jax import atomic, cli, records, tfrecord
+from sln_jax import semantic as semantic_maps
 from sln_jax.records import SCHEMA_VERSION
 
 __all__ = ["READERS", "ConversionSettings", "shard_name", "load_example", "convert", "main"]
@@ -71,6 +80,17 @@ class ConversionSettings:
     mask_target_size: int
     num_shards: int
     schema_version: int = SCHEMA_VERSION
+    semantic_channels: int = 0  # S of the semantic maps, 0 = none
+    semantic_dir: str = ""
+
+
+# Shards converted before a settings field existed match its default.
+_SETTINGS_DEFAULTS = {"semantic_channels": 0, "semantic_dir": ""}
+
+
+def _same_settings(stored: dict, settings: ConversionSettings) -> bool:
+    """Whether a shard's recorded settings are ``settings``."""
+    return {**_SETTINGS_DEFAULTS, **stored} == dataclasses.asdict(settings)
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -98,6 +118,34 @@ def load_example(source: SceneSource, num_classes: int, num_layers: int,
     return scene, image, build_targets(scene, num_layers, mask_target_size, warnings)
 
 
+def load_semantic(source: SceneSource, settings: ConversionSettings) -> np.ndarray:
+    """uint8 [H, W] class ids of an image's semantic map; DataError naming the file."""
+    path = semantic_maps.map_path(settings.semantic_dir, source.image_path)
+    try:
+        return semantic_maps.read_class_map(path, source.height, source.width,
+                                            settings.semantic_channels)
+    except semantic_maps.SemanticMapError as err:
+        raise DataError(f"{err} (image id {source.image_id}, {source.image_path})") from None
+
+
+def _check_semantic_dir(sources: list[SceneSource], directory: str) -> None:
+    """DataError unless every image has its own map file (before anything is written)."""
+    if not os.path.isdir(directory):
+        raise DataError(f"--semantic_dir {directory}: not a directory")
+    owners: dict[str, SceneSource] = {}
+    for source in sources:
+        path = semantic_maps.map_path(directory, source.image_path)
+        if path in owners:
+            raise DataError(f"{path}: would be the semantic map of two images, "
+                            f"{owners[path].image_path} and {source.image_path} (maps are "
+                            "named after the image file's stem)")
+        owners[path] = source
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no semantic map for image id {source.image_id} "
+                            f"({source.image_path}); --semantic_dir needs one PNG of class "
+                            "ids per image, named after the image file's stem")
+
+
 _progress_queue = None
 
 
@@ -116,7 +164,8 @@ def _convert_shard(job: tuple) -> dict:
     stats = {"settings": dataclasses.asdict(settings), "images": _image_digest(sources),
              "num_examples": 0, "instances": 0, "occluded_instances": 0,
              "stuff_instances": 0, "instance_layer_pixels": [0] * k,
-             "global_layer_pixels": [0] * k}
+             "global_layer_pixels": [0] * k,
+             "semantic_class_pixels": [0] * settings.semantic_channels}
     start, start_cpu = time.perf_counter(), time.process_time()
     # Progress goes to the parent a few times a second, not per image: every put wakes the
     # queue's feeder thread here and the parent there.
@@ -129,7 +178,14 @@ def _convert_shard(job: tuple) -> dict:
         with tfrecord.TFRecordWriter(tmp) as writer:
             for source in sources:
                 scene, image, targets = load_example(source, num_classes, k, p, warnings)
-                writer.write(serialize(scene, image, targets))
+                semantic = None
+                if settings.semantic_channels:
+                    semantic = load_semantic(source, settings)
+                    stats["semantic_class_pixels"] = (np.add(
+                        stats["semantic_class_pixels"],
+                        np.bincount(semantic.ravel(), minlength=settings.semantic_channels))
+                        .tolist())
+                writer.write(serialize(scene, image, targets, semantic))
                 stats["num_examples"] += 1
                 stats["instances"] += scene.num_instances
                 stats["occluded_instances"] += int((scene.occlusion > 0).sum())
@@ -184,7 +240,10 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
     total = collections.Counter()
     k = len(shard_stats[0]["instance_layer_pixels"]) if shard_stats else 0
     layer_pixels, global_pixels = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    semantic_pixels = np.zeros(len(shard_stats[0].get("semantic_class_pixels", []))
+                               if shard_stats else 0, np.int64)
     for stats in shard_stats:
+        semantic_pixels += np.asarray(stats.get("semantic_class_pixels", []), np.int64)
         warnings.update(stats["warnings"])
         for key in ("num_examples", "instances", "occluded_instances", "stuff_instances"):
             total[key] += stats[key]
@@ -202,6 +261,8 @@ def _summarize(shard_stats: list[dict], reader_warnings: collections.Counter) ->
         "shard_cpu_seconds": [round(float(s.get("cpu_seconds", 0.0)), 3) for s in shard_stats],
         "instance_layer_pixels": layer_pixels.tolist(),
         "global_layer_pixels": global_pixels.tolist(),
+        # Pixels of each class in the semantic maps (empty without them).
+        "semantic_class_pixels": semantic_pixels.tolist(),
         "conflicts": {
             "order": int(sum(warnings[key] for key in order_keys)),
             "visible_layer": int(warnings["visible_layer_conflict"]),
@@ -237,6 +298,7 @@ def _common_metadata(settings: ConversionSettings, annotations: AnnotationSet) -
         "num_classes": len(annotations.classes),
         "classes": {str(k): v for k, v in annotations.classes.items()},
         "category_ids": {str(k): v for k, v in annotations.category_ids.items()},
+        "semantic_channels": settings.semantic_channels,
     }
 
 
@@ -272,7 +334,7 @@ def _merge_metadata(path: str, metadata: dict, settings: ConversionSettings,
 def convert(dataset: str, annotations: str, images: str, output: str, *, split: str,
             num_shards: int | None = None, workers: int = 1, num_layers: int = 4,
             mask_target_size: int = 32, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, semantic_dir: str = "", semantic_channels: int = 0) -> dict:
     """Convert one split; see the module docstring.
 
     Args:
@@ -287,6 +349,8 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
       mask_target_size: P.
       overwrite: delete this split's shards first instead of resuming.
       progress: show a tqdm progress bar.
+      semantic_dir, semantic_channels: store each image's semantic map, read from
+        ``semantic_dir`` with S = ``semantic_channels`` classes (both or neither).
 
     Returns:
       the updated metadata dict (also written to ``OUTPUT/metadata.json``).
@@ -302,6 +366,14 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
         raise DataError(f"--num_layers must be in 2..254, got {num_layers}")
     if mask_target_size < 1:
         raise DataError(f"--mask_target_size must be >= 1, got {mask_target_size}")
+    if bool(semantic_dir) != bool(semantic_channels):
+        raise DataError("--semantic_dir and --semantic_channels go together: the maps' "
+                        "directory and their number of classes S")
+    if semantic_channels:
+        try:
+            semantic_channels = semantic_maps.check_channels(semantic_channels)
+        except ValueError as err:
+            raise DataError(f"--{err}") from None
     try:
         annotation_set = READERS[dataset](annotations, images)
     except DataError as err:
@@ -311,6 +383,8 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
         raise DataError(f"{err}; the file looks like --dataset {' or '.join(guess)}, "
                         f"not {dataset}") from None
     sources = annotation_set.sources
+    if semantic_channels:
+        _check_semantic_dir(sources, semantic_dir)
     if num_shards is None:
         num_shards = max(1, min(DEFAULT_NUM_SHARDS, len(sources)))
     if num_shards < 1:
@@ -320,8 +394,10 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
               f"split {split!r}: writing {max(1, len(sources))} shard(s), one image each",
               file=sys.stderr)
         num_shards = max(1, len(sources))
-    settings = ConversionSettings(dataset, os.path.abspath(annotations), split, num_layers,
-                                  mask_target_size, num_shards)
+    settings = ConversionSettings(
+        dataset, os.path.abspath(annotations), split, num_layers, mask_target_size, num_shards,
+        semantic_channels=int(semantic_channels),
+        semantic_dir=os.path.abspath(semantic_dir) if semantic_dir else "")
     metadata_path = os.path.join(output, METADATA)
     if os.path.isfile(metadata_path):  # fail before writing anything that would not fit
         with open(metadata_path) as f:
@@ -342,7 +418,7 @@ def convert(dataset: str, annotations: str, images: str, output: str, *, split: 
         part = sources[bounds[i]:bounds[i + 1]]
         stats = _load_stats(output, name)
         if stats is not None:
-            if (stats["settings"] != dataclasses.asdict(settings)
+            if (not _same_settings(stats["settings"], settings)
                     or stats["images"] != _image_digest(part)):
                 raise DataError(f"{os.path.join(output, name)}: made with other settings or "
                                 "annotations; use --overwrite")
@@ -447,6 +523,11 @@ def _define_flags(values: flags.FlagValues) -> None:
            "P, side of the per-instance target crops")
     define(flags.DEFINE_bool, "overwrite", False, "redo this split instead of resuming")
     define(flags.DEFINE_bool, "no_progress", False, "no progress bar")
+    define(flags.DEFINE_string, "semantic_dir", "",
+           "semantic maps: one PNG of class ids per image, named after the image file's "
+           "stem (sln_jax/semantic.py); needs --semantic_channels")
+    define(flags.DEFINE_integer, "semantic_channels", 0,
+           "S, the semantic maps' number of classes (ids 0..S-1); 0 = no maps")
     flags.mark_flags_as_required(["dataset", "annotations", "images", "output"],
                                  flag_values=values)
 
@@ -464,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         metadata = convert(args.dataset, args.annotations, args.images, args.output,
                            split=split, num_shards=args.num_shards, workers=args.workers,
                            num_layers=args.num_layers, mask_target_size=args.mask_target_size,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+                           overwrite=args.overwrite, progress=not args.no_progress,
+                           semantic_dir=args.semantic_dir,
+                           semantic_channels=args.semantic_channels)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from data_prep.images import EncodedImage
 from data_prep.scene import Scene
 from data_prep.targets import Targets
 from sln_jax import tfrecord
-from sln_jax.records import SCHEMA_VERSION
+from sln_jax.records import SCHEMA_VERSION, SEMANTIC_KEY
 
 __all__ = ["encode_png", "serialize"]
 
@@ -32,7 +32,8 @@ def encode_png(array: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
+def serialize(scene: Scene, image: EncodedImage, targets: Targets,
+              semantic: np.ndarray | None = None) -> bytes:
     """A serialized tf.train.Example for one scene (schema in ``sln_jax.records``).
 
     Written by ``sln_jax.tfrecord`` (no TensorFlow import), byte-identical to
@@ -43,6 +44,7 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
       scene: decoded scene (N instances).
       image: the image bytes to store.
       targets: its layering targets (crops P x P).
+      semantic: optional uint8 [H, W] class ids of its semantic map (``sln_jax.semantic``).
 
     Returns:
       bytes of a tf.train.Example.
@@ -50,7 +52,7 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
     n = scene.num_instances
     p = targets.layer_crops.shape[-1]
     ints, floats, strings = tfrecord.Int64Feature, tfrecord.FloatFeature, tfrecord.BytesFeature
-    return tfrecord.example({
+    features = {
         "schema_version": ints([SCHEMA_VERSION]),
         "image/encoded": strings([image.data]),
         "image/format": strings([image.format.encode()]),
@@ -71,4 +73,7 @@ def serialize(scene: Scene, image: EncodedImage, targets: Targets) -> bytes:
                                    if n else b""]),
         "targets/semdist": strings([encode_png(targets.semdist_crops.reshape(n * p, p))
                                     if n else b""]),
-    })
+    }
+    if semantic is not None:
+        features[SEMANTIC_KEY] = strings([encode_png(semantic)])
+    return tfrecord.example(features)

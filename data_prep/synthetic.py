@@ -31,10 +31,16 @@ Each annotation holds ``segmentation`` (amodal RLE), ``visible_mask``, ``invisib
 (amodal pixel count), ``iscrowd`` (0). Everything is a function of (seed, split, index): the
 same arguments give byte-identical JSON and PNGs, whatever the number of workers.
 
+Semantic maps (``--semantic``): also ``DIR/semantic/{train,val}/{image_id:06d}.png``, the
+generator's exact classes at every pixel (``class_map``: 0 on the background, else the class
+of the front-most object there, i.e. the visible class map), in the format the converter's
+``--semantic_dir`` reads (``sln_jax.semantic``) with S = len(CATEGORIES) + 1 classes: what a
+perfect semantic segmentation model would give, for the layering head's semantic input.
+
 CLI::
 
   python -m data_prep.synthetic --output DIR --num_train N --num_val M --image_size S \\
-      --seed X [--max_objects K] [--preview K] [--workers W]
+      --seed X [--max_objects K] [--preview K] [--workers W] [--semantic]
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ __all__ = [
     "generate_scene",
     "make_scene",
     "scene_annotations",
+    "class_map",
+    "SEMANTIC_CHANNELS",
     "occlusion_stats",
     "write_split",
     "main",
@@ -76,6 +84,8 @@ CATEGORIES = (
     {"id": 5, "name": "photo_patch", "supercategory": "shape"},
 )
 _ELLIPSE, _TRIANGLE, _STAR, _RING, _PHOTO_PATCH = range(1, 6)
+# Classes of the semantic maps (``class_map``): background and every category.
+SEMANTIC_CHANNELS = len(CATEGORIES) + 1
 
 # Split names enter the per-scene seed, so train and val never share a scene.
 SPLITS = ("train", "val")
@@ -456,6 +466,13 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     return annotations
 
 
+def class_map(scene: Scene) -> np.ndarray:
+    """The scene's exact semantic map: uint8 [S, S], 0 on the background, else the class of
+    the object visible at the pixel (the front-most one; visible masks are disjoint)."""
+    classes = np.asarray(scene.classes, np.uint8)[:, None, None]
+    return (scene.visible * classes).sum(axis=0, dtype=np.uint8)
+
+
 def occlusion_stats(amodal: np.ndarray, order: np.ndarray) -> dict[str, int]:
     """Occlusion counts of one scene.
 
@@ -483,14 +500,16 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def _render(job: tuple[int, str, int, SceneConfig, str]) -> tuple[dict, list[dict], dict]:
-    """Worker: draw scene ``index``, write its PNG, return (image record, annotations
-    without ids, occlusion stats)."""
-    seed, split, index, config, image_dir = job
+def _render(job: tuple[int, str, int, SceneConfig, str, str]) -> tuple[dict, list[dict], dict]:
+    """Worker: draw scene ``index``, write its PNG (and its semantic map when
+    ``semantic_dir``), return (image record, annotations without ids, occlusion stats)."""
+    seed, split, index, config, image_dir, semantic_dir = job
     scene = make_scene(seed, split, index, config)
     image_id = index + 1
     file_name = f"{image_id:06d}.png"
     atomic.write_bytes(os.path.join(image_dir, file_name), _png_bytes(scene.image))
+    if semantic_dir:
+        atomic.write_png(os.path.join(semantic_dir, file_name), class_map(scene))
     record = {"id": image_id, "file_name": file_name, "height": config.image_size,
               "width": config.image_size}
     return record, scene_annotations(scene, image_id, 0), occlusion_stats(
@@ -507,7 +526,8 @@ def _rendered(jobs: list, workers: int) -> Iterator:
 
 
 def write_split(output: str, split: str, num_images: int, seed: int, config: SceneConfig,
-                workers: int = 1, progress: bool = True) -> dict[str, int]:
+                workers: int = 1, progress: bool = True,
+                semantic: bool = False) -> dict[str, int]:
     """Generate one split: PNGs in ``output/images/<split>/`` and
     ``output/annotations/<split>.json`` (written atomically).
 
@@ -519,6 +539,8 @@ def write_split(output: str, split: str, num_images: int, seed: int, config: Sce
       config: scene settings.
       workers: processes drawing scenes (results do not depend on it).
       progress: show a tqdm progress bar.
+      semantic: also write each scene's ``class_map`` to
+        ``output/semantic/<split>/<image file name>``.
 
     Returns:
       Summed ``occlusion_stats`` over the split: instances, occluded, multi_occluded.
@@ -531,7 +553,10 @@ def write_split(output: str, split: str, num_images: int, seed: int, config: Sce
     annotation_dir = os.path.join(output, "annotations")
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(annotation_dir, exist_ok=True)
-    jobs = [(seed, split, i, config, image_dir) for i in range(num_images)]
+    semantic_dir = os.path.join(output, "semantic", split) if semantic else ""
+    if semantic_dir:
+        os.makedirs(semantic_dir, exist_ok=True)
+    jobs = [(seed, split, i, config, image_dir, semantic_dir) for i in range(num_images)]
     images, annotations = [], []
     totals = {"instances": 0, "occluded": 0, "multi_occluded": 0}
     results = _rendered(jobs, workers)
@@ -593,6 +618,9 @@ def _define_flags(values: flags.FlagValues) -> None:
            "write this many preview pictures of train scenes to DIR/previews/")
     define(flags.DEFINE_integer, "workers", 1,
            "processes drawing scenes (output does not depend on it)")
+    define(flags.DEFINE_bool, "semantic", False,
+           f"also write the exact semantic maps to DIR/semantic/SPLIT/ "
+           f"({SEMANTIC_CHANNELS} classes: background and each category)")
     flags.mark_flags_as_required(["output", "num_train", "num_val"], flag_values=values)
 
 
@@ -619,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
     for split, count in (("train", args.num_train), ("val", args.num_val)):
-        stats = write_split(args.output, split, count, args.seed, config, args.workers)
+        stats = write_split(args.output, split, count, args.seed, config, args.workers,
+                            semantic=args.semantic)
         n = max(stats["instances"], 1)
         print(f"generated {split}: {count} images, {stats['instances']} instances, "
               f"{stats['occluded'] / n:.1%} occluded, "

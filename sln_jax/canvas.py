@@ -11,6 +11,17 @@ the same sizes and pixels.
 Inference fits each image into the smallest of a few canvas sides ("buckets",
 ``default_canvas_sizes``) that holds it, so the model is compiled once per side.
 
+The optional semantic map (uint8 [H, W] class ids, ``sln_jax.semantic``) is fitted as the
+image is (the same content size; nearest neighbour, ``resize_nearest`` being the NumPy twin
+of the input pipeline's ``tf.image.resize(method='nearest')``), padded with "no class", and
+handed to the model as class fractions of 4 x 4 cells (``SEMANTIC_STRIDE``,
+``class_fractions`` and ``class_fractions_tf``): float32 [S/4, S/4, S_sem], S_sem =
+``config.model.semantic_channels``. Why stride 4 and not 1: the map is a dense float input
+of S_sem channels, 16x smaller at stride 4 (at the paper's 1024 px and DeepLab's 182
+classes, 48 MB per image instead of 763 MB); the layering head ROI-aligns it with a fixed
+number of samples per ROI, so its cost does not depend on the stride; and the head's finest
+other inputs (P2, the GLM map) are at stride 4 too.
+
 Ground floor: NumPy, Pillow and OpenCV (TensorFlow only inside ``content_size_tf``).
 """
 
@@ -22,9 +33,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CANVAS_MULTIPLE", "content_size",
-           "content_size_tf", "default_canvas_sizes", "choose_canvas", "fit_to_canvas",
-           "canvas_to_image", "boxes_to_original"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CANVAS_MULTIPLE", "SEMANTIC_STRIDE",
+           "content_size", "content_size_tf", "default_canvas_sizes", "choose_canvas",
+           "fit_to_canvas", "canvas_to_image", "boxes_to_original", "resize_nearest",
+           "class_fractions", "class_fractions_tf", "semantic_canvas"]
 
 # Per-channel normalization of RGB in [0, 1] (torchvision's ImageNet statistics).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,6 +44,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Canvas sides are multiples of this: the coarsest FPN level (P6) has stride 64.
 CANVAS_MULTIPLE = 64
+
+# The semantic map reaches the model as class fractions of SEMANTIC_STRIDE^2-pixel cells.
+SEMANTIC_STRIDE = 4
 
 
 def content_size(height: int, width: int, side: int) -> tuple[int, int]:
@@ -148,3 +163,78 @@ def boxes_to_original(boxes: np.ndarray, content: Sequence[int],
     factor = np.array([oh / h, ow / w, oh / h, ow / w], np.float64)
     boxes = np.asarray(boxes, np.float64) * factor
     return np.clip(boxes, 0.0, np.array([oh, ow, oh, ow], np.float64))
+
+
+def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[H, W, ...] resized to [height, width, ...] with nearest neighbour, pixel for pixel as
+    ``tf.image.resize(method='nearest')`` (half-pixel centres: source index
+    floor((i + 0.5) * H / height) in float32, clipped), the input pipeline's resize."""
+    def source(size: int, out: int) -> np.ndarray:
+        scale = np.float32(size) / np.float32(out)
+        index = np.floor((np.arange(out, dtype=np.float32) + np.float32(0.5)) * scale)
+        return np.minimum(index.astype(np.int64), size - 1)
+
+    values = np.asarray(values)
+    return values[source(values.shape[0], int(height))][:, source(values.shape[1], int(width))]
+
+
+def _cell_index(side: int) -> np.ndarray:
+    """int [side, side]: the SEMANTIC_STRIDE x SEMANTIC_STRIDE cell of each canvas pixel."""
+    cells = np.arange(side) // SEMANTIC_STRIDE
+    return cells[:, None] * (side // SEMANTIC_STRIDE) + cells[None, :]
+
+
+def class_fractions(class_ids: np.ndarray, channels: int) -> np.ndarray:
+    """The model's semantic input from a canvas of class ids.
+
+    Args:
+      class_ids: int [C, C] class ids in [0, S_sem) on the canvas, -1 where there is no class
+        (the canvas padding); C divisible by ``SEMANTIC_STRIDE``.
+      channels: S_sem.
+
+    Returns:
+      float32 [C / 4, C / 4, S_sem]: per 4 x 4 cell, the fraction of its 16 pixels of each
+      class (exact multiples of 1/16; they sum to 1 inside the image content, to less where
+      a cell covers padding).
+    """
+    side = class_ids.shape[0]
+    cells, channels = side // SEMANTIC_STRIDE, int(channels)
+    valid = class_ids >= 0
+    index = _cell_index(side)[valid] * channels + class_ids[valid].astype(np.int64)
+    counts = np.bincount(index, minlength=cells * cells * channels)
+    return (counts.astype(np.float32) / np.float32(SEMANTIC_STRIDE ** 2)).reshape(
+        cells, cells, channels)
+
+
+def class_fractions_tf(class_ids, channels: int):
+    """``class_fractions`` in TensorFlow (the input pipeline): int32 [C, C] (static C) ->
+    float32 [C / 4, C / 4, S_sem], equal to the NumPy function."""
+    import tensorflow as tf
+
+    side = int(class_ids.shape[0])
+    cells, channels = side // SEMANTIC_STRIDE, int(channels)
+    ids = tf.cast(class_ids, tf.int32)
+    # Pixels without a class get segment -1, which unsorted_segment_sum drops.
+    segments = tf.where(ids >= 0, tf.constant(_cell_index(side), tf.int32) * channels + ids, -1)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(segments), segments,
+                                          cells * cells * channels)
+    return tf.reshape(tf.cast(counts, tf.float32) / float(SEMANTIC_STRIDE ** 2),
+                      [cells, cells, channels])
+
+
+def semantic_canvas(class_ids: np.ndarray, canvas: int, channels: int) -> np.ndarray:
+    """An image's semantic map as the model takes it, fitted as ``fit_to_canvas`` fits the image.
+
+    Args:
+      class_ids: uint8 / int [H, W] class ids in [0, S_sem) of an [H, W] image
+        (``sln_jax.semantic.read_class_map``).
+      canvas: the canvas side C (a multiple of ``SEMANTIC_STRIDE``).
+      channels: S_sem.
+
+    Returns:
+      float32 [C / 4, C / 4, S_sem] class fractions (``class_fractions``).
+    """
+    new_h, new_w = content_size(class_ids.shape[0], class_ids.shape[1], canvas)
+    ids = np.full((canvas, canvas), -1, np.int64)
+    ids[:new_h, :new_w] = resize_nearest(class_ids, new_h, new_w)
+    return class_fractions(ids, channels)

@@ -180,6 +180,8 @@ def find_workdir(path: str | os.PathLike) -> Path:
 ADDED_FIELDS = {
     ("model", "instance_context"): False,
     ("loss", "layers_form"): "softmax",
+    ("model", "semantic_channels"): 0,
+    ("data", "semantic_channels"): 0,
 }
 
 

@@ -5,7 +5,10 @@
 
 Steps, each skipped when its output is already complete (re-running resumes):
 1. generate the built-in synthetic dataset (``config.synthetic``) in ``WORKDIR/data/synthetic``;
-2. convert its train and val splits to sharded TFRecords in ``WORKDIR/data/records``;
+   with ``config.synthetic.semantic`` also its exact semantic maps (background and the 5
+   classes, S_sem = 6), for a run with ``--config.model.semantic_channels=6``;
+2. convert its train and val splits to sharded TFRecords in ``WORKDIR/data/records``
+   (with the semantic maps when generated);
 3. train ``config`` (resuming from the latest checkpoint in ``WORKDIR``);
 4. evaluate on the val split: print the metrics table, write ``WORKDIR/metrics.json``,
    ``WORKDIR/results_val.json``, pictures of predictions in ``WORKDIR/pictures/`` and the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +74,26 @@ def _run_module(module: str, *args) -> None:
                              "its message is above")
 
 
+def semantic_channels(config) -> int:
+    """S_sem of the synthetic semantic maps the run needs: num_classes + 1 (background and
+    every class) with ``config.synthetic.semantic``, else 0.
+
+    Raises:
+      ValueError: ``config.data.semantic_channels`` is not that (maps are made when, and
+        only when, the model takes them).
+    """
+    semantic = bool(config.synthetic.get("semantic", False))
+    want = int(config.data.num_classes) + 1
+    channels = int(config.data.get("semantic_channels", 0) or 0)
+    if channels != (want if semantic else 0):
+        raise ValueError(
+            f"config.synthetic.semantic = {semantic} but config.model.semantic_channels = "
+            f"{channels}: the synthetic semantic maps have num_classes + 1 = {want} classes; "
+            f"set both (--config.synthetic.semantic=True "
+            f"--config.model.semantic_channels={want}) or neither")
+    return channels
+
+
 def prepare_data(config, workdir: str) -> tuple[str, str]:
     """Generates and converts the synthetic dataset of ``config.synthetic`` (idempotent).
 
@@ -78,15 +102,22 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
 
     Returns:
       (records directory, val annotations JSON path).
+
+    Raises:
+      ValueError: from ``semantic_channels``.
     """
     raw = os.path.join(workdir, "data", "synthetic")
     records = os.path.join(workdir, "data", "records")
     syn = config.synthetic
+    channels = semantic_channels(config)
+    semantic = channels > 0
     counts = {"train": int(syn.num_train), "val": int(syn.num_val)}
     scene = {"image_size": int(syn.image_size), "min_objects": int(syn.min_objects),
              "max_objects": int(syn.max_objects)}
-    # The settings are part of the dataset: regenerate when they change.
-    settings = {"seed": int(syn.seed), "counts": counts, "scene": scene}
+    # The settings are part of the dataset: regenerate when they change. (The semantic key
+    # only when set: the stamps of datasets made before it existed stay valid.)
+    settings = {"seed": int(syn.seed), "counts": counts, "scene": scene,
+                **({"semantic": True} if semantic else {})}
     stamp = os.path.join(raw, "settings.json")
     current = None
     if os.path.exists(stamp):
@@ -98,17 +129,22 @@ def prepare_data(config, workdir: str) -> tuple[str, str]:
         _run_module("data_prep.synthetic", "--output", raw, "--num_train", counts["train"],
                     "--num_val", counts["val"], "--seed", int(syn.seed),
                     "--image_size", scene["image_size"], "--min_objects", scene["min_objects"],
-                    "--max_objects", scene["max_objects"], "--workers", int(syn.workers))
+                    "--max_objects", scene["max_objects"], "--workers", int(syn.workers),
+                    *(["--semantic"] if semantic else []))
     if current != settings:
+        # Records of other data (another split may hold other settings, e.g. no maps) go.
+        shutil.rmtree(records, ignore_errors=True)
         atomic.write_json(stamp, settings)
     for split in counts:
+        semantic_args = (["--semantic_dir", os.path.join(raw, "semantic", split),
+                          "--semantic_channels", channels] if semantic else [])
         _run_module("data_prep.convert", "--dataset", "synthetic",
                     "--annotations", os.path.join(raw, "annotations", f"{split}.json"),
                     "--images", os.path.join(raw, "images", split), "--output", records,
                     "--split", split, "--num_shards", int(syn.num_shards),
                     "--workers", int(syn.workers), "--num_layers", int(config.data.num_layers),
                     "--mask_target_size", int(config.data.mask_target_size),
-                    *(["--overwrite"] if current != settings else []))
+                    *semantic_args, *(["--overwrite"] if current != settings else []))
     return records, os.path.join(raw, "annotations", "val.json")
 
 
@@ -173,6 +209,10 @@ def main(argv: list[str]) -> None:
     if "synthetic" not in FLAGS.config:
         raise app.UsageError(f"{FLAGS['config'].value}: the demo needs a config with a "
                              "`synthetic` section (see configs/synthetic.py)")
+    try:
+        semantic_channels(FLAGS.config)
+    except ValueError as error:
+        raise cli.error("python -m sln_jax.demo", error, status=2) from None
     from sln_jax import train, train_state
 
     train_state.use_classic_prng()

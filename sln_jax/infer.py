@@ -9,12 +9,20 @@ compiled once per bucket (``Predictor.compiled_shapes`` records every compiled i
 turn the fixed-size detections into instances on the host
 (``sln_jax.postprocess.to_instances``).
 
+Semantic maps: a model trained with ``config.model.semantic_channels`` = S_sem > 0 takes
+each image's semantic map (class ids in [0, S_sem), from the segmentation model that made
+its training records' maps) as an argument: ``Predictor.predict(image, semantic=ids)``
+(``predict_batch`` / ``raw_outputs``: one map per image), and ``--semantic_dir DIR`` on the
+command line (``DIR/<image file stem>.png``, the converter's layout, ``sln_jax.semantic``).
+A plain image has no map, so the Predictor of such a model refuses to run without one
+(ValueError naming S_sem) rather than guess; a model without the input refuses a map.
+
 CLI::
 
   python -m sln_jax.infer --checkpoint WORKDIR --images DIR_OR_GLOB --output OUT \\
       [--config configs/synthetic.py] [--annotations GT.json] [--layers] \\
       [--score_threshold T] [--canvas_sizes 512,768,1024] [--batch_size B]
-      [--evaluate [--format coco|cocoa]]
+      [--evaluate [--format coco|cocoa]] [--semantic_dir DIR]
 
 ``--config`` defaults to the config the training run saved in WORKDIR; a given config must
 match the checkpoint's model (``sln_jax.checkpoints.check_compatible``). Writes
@@ -24,7 +32,8 @@ match the checkpoint's model (``sln_jax.checkpoints.check_compatible``). Writes
 ``OUT/layers/NAME/det<i>_layer<k>.png`` and ``det<i>_semdist.png`` per detection. Every
 file is written under a temporary name and renamed, so no reader sees half a file. With
 ``--evaluate`` (and ``--annotations``) the detections are also scored by
-``sln_jax.evaluation.Evaluator`` into ``OUT/metrics.json``.
+``sln_jax.evaluation.Evaluator`` into ``OUT/metrics.json``. An image whose semantic map is
+missing or bad is skipped and listed with the reason, as an unreadable image is.
 """
 
 from __future__ import annotations
@@ -41,10 +50,11 @@ import numpy as np
 
 from sln_jax import (atomic, canvas, checkpoints, evaluation, layering, postprocess, records,
                      semdist, train_state, visualize)
+from sln_jax import semantic as semantic_maps
 from sln_jax.detections import Detections
 from sln_jax.evaluation import ground_truth
 from sln_jax.images import UnreadableImageError, load_image
-from sln_jax.models.sln import SLN
+from sln_jax.models.sln import SLN, semantic_channels
 
 __all__ = [
     "find_images",
@@ -215,17 +225,52 @@ class Predictor:
         self._variables = jax.device_put(variables)
         self._forward = jax.jit(self._trace_forward)
 
-    def _trace_forward(self, variables, images):
+    @property
+    def semantic_channels(self) -> int:
+        """S_sem: classes of the semantic map each image needs (0 = the model takes none)."""
+        return semantic_channels(self.config.model)
+
+    def _trace_forward(self, variables, images, semantic):
         """The model's inference outputs; the Python body runs once per compilation."""
         self.compiled_shapes.append(tuple(images.shape))
-        return self._model.apply(variables, images, None, train=False)
+        return self._model.apply(variables, images, None, train=False, semantic=semantic)
 
-    def raw_outputs(self, images: Sequence[np.ndarray]) -> list[tuple[dict[str, np.ndarray],
-                                                                       tuple[int, int]]]:
+    def _check_semantic(self, images: Sequence[np.ndarray],
+                        semantic: Sequence[np.ndarray] | None) -> None:
+        """ValueError unless ``semantic`` is one valid class map per image, or None for a
+        model without the semantic input."""
+        channels = self.semantic_channels
+        if not channels:
+            if semantic is not None:
+                raise ValueError("this model takes no semantic map (config.model."
+                                 "semantic_channels = 0); call it without `semantic`")
+            return
+        if semantic is None:
+            raise ValueError(f"this model takes a semantic map per image (config.model."
+                             f"semantic_channels = {channels}): pass semantic=[uint8 [H, W] "
+                             f"class ids in [0, {channels}) per image], e.g. "
+                             "sln_jax.semantic.read_class_map of the maps its records used")
+        if len(semantic) != len(images):
+            raise ValueError(f"{len(semantic)} semantic maps for {len(images)} images")
+        for index, (ids, image) in enumerate(zip(semantic, images)):
+            ids = np.asarray(ids)
+            if ids.shape != image.shape[:2] or ids.dtype.kind not in "iu":
+                raise ValueError(f"semantic map {index}: expected integer class ids "
+                                 f"[{image.shape[0]}, {image.shape[1]}] (its image's size), "
+                                 f"got {ids.dtype} {ids.shape}")
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= channels):
+                raise ValueError(f"semantic map {index}: class ids must be in [0, {channels}),"
+                                 f" got {int(ids.min())}..{int(ids.max())}")
+
+    def raw_outputs(self, images: Sequence[np.ndarray],
+                    semantic: Sequence[np.ndarray] | None = None
+                    ) -> list[tuple[dict[str, np.ndarray], tuple[int, int]]]:
         """The model's fixed-size outputs for each image, before postprocessing.
 
         Args:
           images: uint8 [H_i, W_i, 3] RGB images of any sizes.
+          semantic: when the model takes semantic maps (``semantic_channels`` > 0, and only
+            then): per image, its class ids, int [H_i, W_i] in [0, S_sem).
 
         Returns:
           Per image, in order: (outputs of that image (the train=False keys of
@@ -239,6 +284,8 @@ class Predictor:
                     f"image {index}: expected uint8 [H, W, 3] RGB, got "
                     f"{getattr(image, 'dtype', type(image).__name__)} "
                     f"{getattr(image, 'shape', '')}; use load_image / to_rgb")
+        self._check_semantic(images, semantic)
+        channels = self.semantic_channels
         by_canvas: dict[int, list[int]] = {}
         for index, image in enumerate(images):
             side = canvas.choose_canvas(image.shape[0], image.shape[1], self.canvas_sizes)
@@ -248,11 +295,18 @@ class Predictor:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 batch = np.zeros((self.batch_size, side, side, 3), np.float32)
+                maps = None
+                if channels:
+                    cells = side // canvas.SEMANTIC_STRIDE
+                    maps = np.zeros((self.batch_size, cells, cells, channels), np.float32)
                 sizes = []
                 for slot, index in enumerate(chunk):
                     batch[slot], size = canvas.fit_to_canvas(images[index], side)
+                    if channels:
+                        maps[slot] = canvas.semantic_canvas(np.asarray(semantic[index]), side,
+                                                            channels)
                     sizes.append(size)
-                outputs = jax.device_get(self._forward(self._variables, batch))
+                outputs = jax.device_get(self._forward(self._variables, batch, maps))
                 for slot, index in enumerate(chunk):
                     results[index] = ({k: np.asarray(v[slot]) for k, v in outputs.items()},
                                       sizes[slot])
@@ -264,11 +318,14 @@ class Predictor:
         return postprocess.to_instances(outputs, content_size, orig_size,
                                               self.config.model)
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+    def predict_batch(self, images: Sequence[np.ndarray],
+                      semantic: Sequence[np.ndarray] | None = None
+                      ) -> list[list[dict[str, Any]]]:
         """Detections of several images (grouped by canvas and batched internally).
 
         Args:
           images: uint8 [H_i, W_i, 3] RGB images of any sizes.
+          semantic: their semantic maps, required when the model takes them (``raw_outputs``).
 
         Returns:
           Per image, the instances of ``sln_jax.postprocess.to_instances`` in the
@@ -277,11 +334,13 @@ class Predictor:
           ``depth_order`` {index of another detection: +1 in front of it / -1 behind}.
         """
         return [self.to_instances(outputs, size, image.shape[:2])
-                for (outputs, size), image in zip(self.raw_outputs(images), images)]
+                for (outputs, size), image in zip(self.raw_outputs(images, semantic), images)]
 
-    def predict(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Detections of one uint8 [H, W, 3] RGB image (see ``predict_batch``)."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: np.ndarray,
+                semantic: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Detections of one uint8 [H, W, 3] RGB image (see ``predict_batch``); ``semantic``:
+        its int [H, W] class ids, required when the model takes semantic maps."""
+        return self.predict_batch([image], None if semantic is None else [semantic])[0]
 
 
 # ------------------------------------------------------------------------ layer maps
@@ -396,7 +455,7 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
         canvas_sizes: Sequence[int] | None = None, batch_size: int = 1,
         pictures: bool = True, picture_min_score: float = visualize.PICTURE_MIN_SCORE,
         progress: bool = True, evaluate: bool = False, annotations_format: str = "coco",
-        predictor: Predictor | None = None) -> dict[str, Any]:
+        predictor: Predictor | None = None, semantic_dir: str | None = None) -> dict[str, Any]:
     """Runs inference on image files and writes results, pictures and layer maps.
 
     Args:
@@ -418,6 +477,9 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
       annotations_format: 'coco' or 'cocoa', the format of ``annotations``.
       predictor: reuse an existing predictor (then checkpoint_dir, score_threshold,
         canvas_sizes and batch_size are not used).
+      semantic_dir: the images' semantic maps (``sln_jax.semantic``), needed exactly when
+        the model takes them; an image whose map is missing or bad is skipped and listed
+        in ``unreadable``.
 
     Returns:
       A summary: ``num_images`` (predicted), ``num_detections``, ``num_unreadable``,
@@ -437,6 +499,12 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
     if predictor is None:
         predictor = Predictor(config, checkpoint_dir, canvas_sizes=canvas_sizes,
                               batch_size=batch_size, score_threshold=score_threshold)
+    channels = predictor.semantic_channels
+    if bool(channels) != bool(semantic_dir):
+        raise ValueError(f"the model takes semantic maps (semantic_channels = {channels}): "
+                         "pass --semantic_dir" if channels else
+                         "--semantic_dir given but the model takes no semantic map "
+                         "(semantic_channels = 0)")
     class_names = _class_names(predictor.config, annotations)
     truths: dict[int, Any] = {}  # image id -> ImageGT, for pictures beside the ground truth
     if annotations and pictures:
@@ -455,12 +523,13 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
     unmatched: list[str] = []
     next_id = 1
     # Images wait per canvas side until a full batch of that side is there.
-    pending: dict[int, list[tuple[str, int, np.ndarray]]] = {}
+    pending: dict[int, list[tuple[str, int, np.ndarray, np.ndarray | None]]] = {}
 
     def flush(side: int) -> None:
         items = pending.pop(side)
-        raw = predictor.raw_outputs([item[2] for item in items])
-        for (name, image_id, image), (outputs, size) in zip(items, raw):
+        raw = predictor.raw_outputs([item[2] for item in items],
+                                    [item[3] for item in items] if channels else None)
+        for (name, image_id, image, _), (outputs, size) in zip(items, raw):
             instances = predictor.to_instances(outputs, size, image.shape[:2])
             detections = Detections.from_instances(instances, *image.shape[:2])
             results.extend(detections.to_results(image_id))
@@ -489,16 +558,21 @@ def run(config, checkpoint_dir: str | os.PathLike, images: str | Sequence[str],
                 continue
         try:
             image = load_image(path)
-        except UnreadableImageError as error:
+            class_ids = None
+            if channels:
+                class_ids = semantic_maps.read_class_map(
+                    semantic_maps.map_path(semantic_dir, path), *image.shape[:2], channels)
+        except (UnreadableImageError, semantic_maps.SemanticMapError) as error:
             unreadable.append({"file": str(path), "error": str(error)})
-            bar.write(f"skipped {error}")
+            bar.write(f"skipped {path}: {error}" if isinstance(
+                error, semantic_maps.SemanticMapError) else f"skipped {error}")
             continue
         if gt_ids is None:
             image_id, next_id = next_id, next_id + 1
         image_records.append({"id": image_id, "file_name": file_name,
                               "height": int(image.shape[0]), "width": int(image.shape[1])})
         side = canvas.choose_canvas(image.shape[0], image.shape[1], predictor.canvas_sizes)
-        pending.setdefault(side, []).append((name, image_id, image))
+        pending.setdefault(side, []).append((name, image_id, image, class_ids))
         if len(pending[side]) == predictor.batch_size:
             flush(side)
     for side in sorted(pending):
@@ -551,6 +625,10 @@ def define_flags():
     flags.DEFINE_bool("evaluate", False, "Score the detections against --annotations and "
                       "write OUTPUT/metrics.json.")
     flags.DEFINE_enum("format", "coco", ["coco", "cocoa"], "Format of --annotations.")
+    flags.DEFINE_string("semantic_dir", None,
+                        "The images' semantic maps, DIR/<image file stem>.png (class ids; "
+                        "sln_jax/semantic.py): needed when the model was trained with "
+                        "config.model.semantic_channels > 0.")
     flags.mark_flags_as_required(["checkpoint", "images", "output"])
     return flags.FLAGS
 
@@ -584,11 +662,16 @@ def main(argv: Sequence[str]) -> None:
             image_ids_from_annotations(FLAGS.annotations)
     except (FileNotFoundError, ValueError) as error:
         raise cli.error(prog, error) from None
+    if bool(predictor.semantic_channels) != bool(FLAGS.semantic_dir):
+        raise cli.error(prog, f"the model takes semantic maps (semantic_channels = "
+                        f"{predictor.semantic_channels}): pass --semantic_dir DIR"
+                        if predictor.semantic_channels else
+                        "--semantic_dir given but the model takes no semantic map", status=2)
     summary = run(FLAGS.config, FLAGS.checkpoint, FLAGS.images, FLAGS.output,
                   annotations=FLAGS.annotations, layers=FLAGS.layers,
                   pictures=FLAGS.pictures, picture_min_score=FLAGS.picture_min_score,
                   evaluate=FLAGS.evaluate, annotations_format=FLAGS.format,
-                  predictor=predictor)
+                  predictor=predictor, semantic_dir=FLAGS.semantic_dir)
     if summary["num_images"] == 0:
         raise cli.error(prog, f"no image predicted: {summary['num_unreadable']} unreadable, "
                         f"{summary['num_unmatched']} not in --annotations (see above)")

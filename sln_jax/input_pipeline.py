@@ -6,10 +6,18 @@ prepared in the version directory ``config.data.dir`` (``_tfds_source``), the sa
 for the same examples.
 
 Per image: decode, resize keeping the aspect ratio to max side S, optional random
-horizontal flip (image, global layering map, boxes and the box-relative layer / sem-dist
-crops together), ImageNet normalization, zero padding to S x S, instances padded to M with
-a validity mask. Batches have leading dims ``[devices, per_device_batch]``; the keys,
-dtypes and shapes are the table in ``docs/interfaces.md``, plus ``image_valid``.
+horizontal flip (image, global layering map, semantic map, boxes and the box-relative
+layer / sem-dist crops together), ImageNet normalization, zero padding to S x S, instances
+padded to M with a validity mask. Batches have leading dims ``[devices, per_device_batch]``;
+the keys, dtypes and shapes are the table in ``docs/interfaces.md``, plus ``image_valid``.
+
+Every per-pixel array (the image, the global layering map, the semantic map) goes through
+one transform, ``_to_content`` (resize to the content size, flip) and is padded bottom /
+right, so they stay aligned pixel for pixel. With ``data.semantic_channels`` = S_sem > 0 the
+records' semantic map (class ids) becomes ``semantic`` float32 [S/4, S/4, S_sem], the class
+fractions of ``sln_jax.canvas.class_fractions_tf`` (canvas padding: no class); records
+without maps are refused at start-up (``records.read_metadata``), and so is
+``source = 'tfds'``, whose datasets hold none.
 
 Choices:
 * more than M instances: the M with the largest amodal area are kept (in their record
@@ -106,12 +114,26 @@ def _jitter_boxes(boxes, layer_crops, semdist_crops, draw, jitter: float, height
     return new, resample(layer_crops), resample(semdist_crops)
 
 
+def _to_content(values, flip, new_h, new_w, *, nearest: bool):
+    """[H, W, C] -> the canvas content [new_h, new_w, C], mirrored when ``flip``: the one
+    geometric transform of the image (bilinear with antialiasing, float32) and of the maps
+    of ids (nearest neighbour, dtype kept; ``canvas.resize_nearest`` is its NumPy twin)."""
+    import tensorflow as tf
+
+    if nearest:
+        values = tf.image.resize(values, [new_h, new_w], method="nearest")
+    else:
+        values = tf.image.resize(values, [new_h, new_w], method="bilinear", antialias=True)
+    return tf.cond(flip, lambda: values[:, ::-1], lambda: values)
+
+
 def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
-                num_layers: int, box_jitter: float = 0.0, jitter_draw=None):
+                num_layers: int, box_jitter: float = 0.0, jitter_draw=None,
+                semantic_channels: int = 0):
     """One parsed record -> fixed-shape tensors (see the module docstring).
 
     ``jitter_draw``: float32 [max_instances, 4] uniform in [-1, 1) when ``box_jitter`` > 0
-    (training), else None.
+    (training), else None. ``semantic_channels`` > 0: ``features`` holds ``semantic``.
     """
     import tensorflow as tf
 
@@ -119,14 +141,13 @@ def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
     image = features["image"]
     orig_h, orig_w = tf.shape(image)[0], tf.shape(image)[1]
     scale, new_h, new_w = canvas.content_size_tf(orig_h, orig_w, s)
-    image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
-    global_layers = tf.image.resize(features["global_layers"][:, :, None], [new_h, new_w],
-                                    method="nearest")[:, :, 0]
-    image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
-    global_layers = tf.cond(flip, lambda: global_layers[:, ::-1], lambda: global_layers)
+    padding = [[0, s - new_h], [0, s - new_w]]
+    image = _to_content(image, flip, new_h, new_w, nearest=False)
+    global_layers = _to_content(features["global_layers"][:, :, None], flip, new_h, new_w,
+                                nearest=True)[:, :, 0]
     image = (image / 255.0 - tf.constant(canvas.IMAGENET_MEAN)) / tf.constant(canvas.IMAGENET_STD)
-    image = tf.pad(image, [[0, s - new_h], [0, s - new_w], [0, 0]])
-    global_layers = tf.pad(tf.cast(global_layers, tf.int8), [[0, s - new_h], [0, s - new_w]])
+    image = tf.pad(image, padding + [[0, 0]])
+    global_layers = tf.pad(tf.cast(global_layers, tf.int8), padding)
 
     # Keep the M largest instances, in record order.
     n = tf.shape(features["classes"])[0]
@@ -174,6 +195,12 @@ def _preprocess(features: dict, flip, *, image_size: int, max_instances: int,
         "global_layers": tf.ensure_shape(global_layers, [s, s]),
         "image_valid": tf.constant(True),
     }
+    if semantic_channels:
+        ids = _to_content(features["semantic"][:, :, None], flip, new_h, new_w,
+                          nearest=True)[:, :, 0]
+        ids = tf.ensure_shape(tf.pad(tf.cast(ids, tf.int32), padding, constant_values=-1),
+                              [s, s])
+        out["semantic"] = canvas.class_fractions_tf(ids, semantic_channels)
     return out
 
 
@@ -201,6 +228,11 @@ def _tfds_source(data_config: Any, split: str):
     import tensorflow_datasets as tfds
 
     directory = data_config.dir
+    semantic = int(data_config.get("semantic_channels", 0) or 0)
+    if semantic:
+        raise ValueError(f"{directory}: config.data.semantic_channels = {semantic} but the "
+                         "TFDS datasets hold no semantic maps; use records converted with "
+                         "--semantic_dir (config.data.source = 'records')")
     info = tfds.builder_from_directory(directory).info
     metadata = dict(info.metadata or {})
     for field in ("num_layers", "mask_target_size", "num_classes"):
@@ -241,10 +273,11 @@ def _tfds_source(data_config: Any, split: str):
             int(metadata["num_layers"]), int(metadata["mask_target_size"]), parse)
 
 
-def _padding_example(image_size: int, max_instances: int, p: int) -> dict[str, np.ndarray]:
+def _padding_example(image_size: int, max_instances: int, p: int,
+                     semantic_channels: int = 0) -> dict[str, np.ndarray]:
     """An all-invalid image (used to complete the last evaluation batch)."""
     s, m = image_size, max_instances
-    return {
+    example = {
         "image": np.zeros((s, s, 3), np.float32),
         "image_id": np.zeros((), np.int32),
         "image_size": np.zeros((2,), np.int32),
@@ -260,6 +293,10 @@ def _padding_example(image_size: int, max_instances: int, p: int) -> dict[str, n
         "global_layers": np.zeros((s, s), np.int8),
         "image_valid": np.zeros((), bool),
     }
+    if semantic_channels:
+        cells = s // canvas.SEMANTIC_STRIDE
+        example["semantic"] = np.zeros((cells, cells, semantic_channels), np.float32)
+    return example
 
 
 def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
@@ -269,7 +306,8 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
     Args:
       data_config: ``config.data`` (source: 'records' (default) or 'tfds', dir,
         image_size S, max_instances M, mask_target_size P, num_layers K, num_classes,
-        shuffle_buffer, flip, box_jitter (optional, default 0)).
+        shuffle_buffer, flip, box_jitter (optional, default 0), semantic_channels S_sem
+        (optional, default 0)).
       split: split name in the dataset's metadata (e.g. ``config.data.train_split``).
       batch_dims: (local devices D, per-device batch B).
       train: endless shuffled and flipped stream (``data_config.flip``) if True, else one
@@ -283,7 +321,8 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
       ``scale`` float32 [], ``boxes`` float32 [M, 4] (y1, x1, y2, x2) canvas pixels,
       ``classes`` int32 [M], ``valid`` bool [M], ``order`` int32 [M] (padding 2**30),
       ``occlusion`` float32 [M], ``layers`` int8 [M, P, P] (-1 outside),
-      ``semdist`` float32 [M, P, P], ``global_layers`` int8 [S, S], ``image_valid`` bool [].
+      ``semdist`` float32 [M, P, P], ``global_layers`` int8 [S, S], ``image_valid`` bool [],
+      and when S_sem > 0 ``semantic`` float32 [S/4, S/4, S_sem] (class fractions).
     """
     import tensorflow as tf
 
@@ -293,14 +332,15 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
         pass
     directory = data_config.dir
     source = getattr(data_config, "source", "records")
+    semantic = int(data_config.get("semantic_channels", 0) or 0)
     if source == "records":
-        metadata = read_metadata(directory, data_config)
+        metadata = read_metadata(directory, data_config)  # also: the maps are there
         files, counts = _host_files(metadata, directory, split)
         all_counts = metadata["splits"][split]["examples_per_file"]
         k, p = int(metadata["num_layers"]), int(metadata["mask_target_size"])
 
         def parse(serialized):
-            return _check_version(parse_tf(serialized, p))
+            return _check_version(parse_tf(serialized, p, semantic=bool(semantic)))
     elif source == "tfds":
         files, counts, all_counts, k, p, parse = _tfds_source(data_config, split)
     else:
@@ -309,7 +349,8 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
     batch = devices * per_device
     host_examples = int(sum(counts))
     preprocess_args = dict(image_size=int(data_config.image_size),
-                           max_instances=int(data_config.max_instances), num_layers=k)
+                           max_instances=int(data_config.max_instances), num_layers=k,
+                           semantic_channels=semantic)
 
     options = tf.data.Options()
     options.deterministic = True
@@ -365,7 +406,8 @@ def create_dataset(data_config: Any, split: str, *, batch_dims: tuple[int, int],
         return map(reshape, ds.as_numpy_iterator())
     return _eval_batches(ds, all_counts, batch,
                          _padding_example(int(data_config.image_size),
-                                          int(data_config.max_instances), p), reshape)
+                                          int(data_config.max_instances), p, semantic),
+                         reshape)
 
 
 def _eval_batches(ds, all_counts: list[int], batch: int, padding: dict,

@@ -25,11 +25,20 @@ One Example per image (schema version ``SCHEMA_VERSION``):
 | ``targets/global_layers``| bytes         | PNG uint8 [H, W] global layering map 0..K-1     |
 | ``targets/layers``       | bytes         | PNG uint8 [N * P, P]: layer + 1, 0 outside      |
 | ``targets/semdist``      | bytes         | PNG uint8 [N * P, P]: round(M / (K + 1) * 255)  |
+| ``semantic/encoded``     | bytes         | optional: PNG uint8 [H, W] class ids 0..S_sem-1 |
 
 Choice recorded here: per-instance targets are precomputed (not rebuilt in the pipeline) as
 box-relative P x P crops (see ``data_prep.targets``), and the N crops of an image are stacked
 vertically into ONE PNG so the pipeline decodes two small PNGs per image instead of 2N.
 With N = 0 the two target strings are empty. K and P are in ``metadata.json``.
+
+The semantic map (``sln_jax.semantic``: a segmentation model's class ids, the optional input
+of the layering head) is an optional feature, present in every record of a directory whose
+``metadata.json`` has ``semantic_channels`` = S_sem > 0 and in none otherwise (records made
+before it existed read as S_sem = 0, so adding it did not change ``SCHEMA_VERSION``). It is
+stored as class ids, one uint8 PNG at the image's resolution (as the global layering map),
+not as S_sem float maps: the pipeline turns it into class fractions
+(``sln_jax.canvas.class_fractions_tf``).
 """
 
 from __future__ import annotations
@@ -44,8 +53,8 @@ from pycocotools import mask as mask_utils
 
 from sln_jax import tfrecord
 
-__all__ = ["SCHEMA_VERSION", "METADATA", "KEYS", "read_metadata", "split_files", "parse",
-           "parse_tf"]
+__all__ = ["SCHEMA_VERSION", "METADATA", "KEYS", "SEMANTIC_KEY", "read_metadata",
+           "semantic_channels", "split_files", "parse", "parse_tf"]
 
 SCHEMA_VERSION = 1
 # The conversion's summary beside the shards: classes, K, P, schema version, splits.
@@ -57,6 +66,9 @@ KEYS = frozenset({
     "instance/occlusion", "instance/area", "instance/is_stuff", "instance/amodal_rle",
     "instance/visible_rle", "targets/global_layers", "targets/layers", "targets/semdist",
 })
+# The optional feature: the semantic map's class ids (module docstring).
+SEMANTIC_KEY = "semantic/encoded"
+
 
 def read_metadata(directory: str | os.PathLike, data_config: Any = None) -> dict:
     """The one reader of ``DIRECTORY/metadata.json``: loads it and checks the schema version.
@@ -64,7 +76,9 @@ def read_metadata(directory: str | os.PathLike, data_config: Any = None) -> dict
     Args:
       directory: the conversion's output directory.
       data_config: optional config with ``num_layers``, ``mask_target_size`` and
-        ``num_classes``; each must equal the dataset's.
+        ``num_classes``; each must equal the dataset's. Its ``semantic_channels`` (absent =
+        0) too, when > 0: the records must hold semantic maps of that many classes (with
+        0 the records' maps, if any, are not read).
 
     Returns:
       the metadata dict (written by ``data_prep.convert``).
@@ -92,7 +106,24 @@ def read_metadata(directory: str | os.PathLike, data_config: Any = None) -> dict
                 raise ValueError(f"{path}: the records have {field} = {have} but the config "
                                  f"says {want}; run with --config.data.{field}={have}, or "
                                  f"convert the data again with that {field}")
+        want = int(getattr(data_config, "semantic_channels", 0) or 0)
+        have = semantic_channels(metadata)
+        if want and not have:
+            raise ValueError(f"{path}: the records hold no semantic maps but the config says "
+                             f"semantic_channels = {want}; convert the data with "
+                             f"--semantic_dir DIR --semantic_channels {want}, or run with "
+                             "--config.data.semantic_channels=0")
+        if want and want != have:
+            raise ValueError(f"{path}: the records have semantic_channels = {have} but the "
+                             f"config says {want}; run with "
+                             f"--config.data.semantic_channels={have}, or convert the data "
+                             f"again with --semantic_channels {want}")
     return metadata
+
+
+def semantic_channels(metadata: dict) -> int:
+    """S_sem of converted records (their ``metadata.json``): 0 when they hold no semantic map."""
+    return int(metadata.get("semantic_channels", 0) or 0)
 
 
 def split_files(metadata: dict, directory: str | os.PathLike, split: str
@@ -122,7 +153,8 @@ def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
       ``height`` / ``width`` int, ``ann_ids`` int64 [N], ``boxes`` float32 [N, 4],
       ``classes`` / ``order`` int32 [N], ``occlusion`` float32 [N], ``area`` int64 [N],
       ``is_stuff`` bool [N], ``amodal`` / ``visible`` bool [N, H, W],
-      ``global_layers`` uint8 [H, W], ``layer_crops`` / ``semdist_crops`` uint8 [N, P, P].
+      ``global_layers`` uint8 [H, W], ``layer_crops`` / ``semdist_crops`` uint8 [N, P, P],
+      ``semantic`` uint8 [H, W] class ids, or None when the record holds no semantic map.
 
     Raises:
       ValueError: when the bytes are not an Example or lack a feature of the schema.
@@ -176,22 +208,26 @@ def parse(serialized: bytes, mask_target_size: int) -> dict[str, np.ndarray]:
         "global_layers": _decode_png(one("targets/global_layers")),
         "layer_crops": crops("targets/layers"),
         "semdist_crops": crops("targets/semdist"),
+        "semantic": _decode_png(one(SEMANTIC_KEY)) if SEMANTIC_KEY in f else None,
     }
 
 
-def parse_tf(serialized, mask_target_size: int) -> dict:
+def parse_tf(serialized, mask_target_size: int, semantic: bool = False) -> dict:
     """Parse and decode a record inside tf.data (what the input pipeline needs).
 
     Args:
       serialized: tf.string scalar.
       mask_target_size: P.
+      semantic: also decode the semantic map (records whose metadata has
+        ``semantic_channels`` > 0; a record without it fails to parse).
 
     Returns:
       dict of tf tensors: ``image`` uint8 [H, W, 3], ``image_id`` int64 [],
       ``orig_size`` int32 [2], ``boxes`` float32 [N, 4] (y1, x1, y2, x2) original pixels,
       ``classes`` / ``order`` int32 [N], ``occlusion`` float32 [N], ``area`` float32 [N],
       ``global_layers`` uint8 [H, W], ``layer_crops`` / ``semdist_crops`` uint8 [N, P, P],
-      ``schema_version`` int64 [].
+      ``schema_version`` int64 [], and with ``semantic`` the class ids ``semantic``
+      uint8 [H, W].
     """
     import tensorflow as tf
 
@@ -211,6 +247,8 @@ def parse_tf(serialized, mask_target_size: int) -> dict:
         "targets/layers": tf.io.FixedLenFeature([], tf.string),
         "targets/semdist": tf.io.FixedLenFeature([], tf.string),
     }
+    if semantic:
+        spec[SEMANTIC_KEY] = tf.io.FixedLenFeature([], tf.string)
     f = tf.io.parse_single_example(serialized, spec)
 
     def dense(key):
@@ -233,7 +271,7 @@ def parse_tf(serialized, mask_target_size: int) -> dict:
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-    return {
+    parsed = {
         "schema_version": f["schema_version"],
         "image": image,
         "image_id": f["image/id"],
@@ -247,3 +285,6 @@ def parse_tf(serialized, mask_target_size: int) -> dict:
         "layer_crops": crops("targets/layers"),
         "semdist_crops": crops("targets/semdist"),
     }
+    if semantic:
+        parsed["semantic"] = tf.io.decode_png(f[SEMANTIC_KEY], channels=1)[:, :, 0]
+    return parsed

@@ -191,6 +191,8 @@ def train_step(
       ``grad_norm`` (before clipping) and ``finite`` (1.0 when loss and gradients are finite).
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    # The semantic map (config.model.semantic_channels > 0) is the model's only other input.
+    inputs = {"semantic": batch["semantic"]} if "semantic" in batch else {}
 
     def total_loss(params):
         outputs = state.apply_fn(
@@ -199,6 +201,7 @@ def train_step(
             batch,
             train=True,
             rngs={"sampling": rng},
+            **inputs,
         )
         return loss_fn(outputs)
 
@@ -218,17 +221,20 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, images: jax.Array,
+              semantic: jax.Array | None = None) -> dict[str, jax.Array]:
     """Inference on a batch: the model's fixed-size detections.
 
     Args:
       state: the TrainState (only params and batch_stats are read).
       images: float32 [B, S, S, 3] normalized images.
+      semantic: the batch's ``semantic`` maps when ``config.model.semantic_channels`` > 0.
 
     Returns:
       The model's train=False outputs (``boxes`` [B, D, 4], ``scores`` [B, D], ...).
     """
-    return state.apply_fn(state.variables, images, None, train=False)
+    inputs = {} if semantic is None else {"semantic": semantic}
+    return state.apply_fn(state.variables, images, None, train=False, **inputs)
 
 
 def jit_train_step(loss_fn, mesh: Mesh, frozen: tuple[str, ...] = ()):
@@ -243,9 +249,18 @@ def jit_train_step(loss_fn, mesh: Mesh, frozen: tuple[str, ...] = ()):
 
 
 def jit_eval_step(mesh: Mesh):
-    """``eval_step`` compiled with a replicated state and data-sharded images and outputs."""
+    """``eval_step`` compiled with a replicated state and data-sharded images, semantic maps
+    (when given) and outputs; called as ``eval_step(state, images[, semantic])``."""
     data = NamedSharding(mesh, P(DATA_AXIS))
-    return jax.jit(eval_step, in_shardings=(NamedSharding(mesh, P()), data), out_shardings=data)
+    step = jax.jit(eval_step, in_shardings=(NamedSharding(mesh, P()), data, data),
+                   out_shardings=data)
+
+    # jit's in_shardings need every positional argument, the default one included.
+    def run(state: TrainState, images: jax.Array,
+            semantic: jax.Array | None = None) -> dict[str, jax.Array]:
+        return step(state, images, semantic)
+
+    return run
 
 
 # ------------------------------------------------------------------------ metrics
@@ -401,13 +416,15 @@ def _batch_dims(global_batch: int, mesh: Mesh, what: str) -> tuple[int, int]:
 
 
 def check_shared_fields(config) -> None:
-    """Raises when ``config.model`` and ``config.data`` disagree on K or the class count.
+    """Raises when ``config.model`` and ``config.data`` disagree on K, the class count or
+    S_sem (the semantic map's classes; absent = 0).
 
     The configs link them (``FieldReference``, ``configs/base.py``); a config built another
     way could still set them apart, and the model would then train on targets of another K.
     """
-    for field in ("num_layers", "num_classes"):
-        model, data = int(config.model[field]), int(config.data[field])
+    for field in ("num_layers", "num_classes", "semantic_channels"):
+        model = int(config.model.get(field, 0) or 0)
+        data = int(config.data.get(field, 0) or 0)
         if model != data:
             raise ValueError(f"config.model.{field} = {model} but config.data.{field} = {data}: "
                              f"the records' {field} is config.data.{field}; set that one")
@@ -612,9 +629,11 @@ class Trainer:
             disable=jax.process_index() != 0, leave=False, mininterval=2.0)
         for host_batch in batches:
             bar.update(1)
-            images = shard_batch({"image": host_batch["image"]}, self.mesh)["image"]
+            inputs = shard_batch({key: host_batch[key] for key in ("image", "semantic")
+                                  if key in host_batch}, self.mesh)
             outputs = multihost_utils.global_array_to_host_local_array(
-                self._eval_step(state, images), self.mesh, P(DATA_AXIS)
+                self._eval_step(state, inputs["image"], inputs.get("semantic")), self.mesh,
+                P(DATA_AXIS)
             )
             outputs = jax.device_get(outputs)
             meta = {k: v.reshape((-1,) + v.shape[2:]) for k, v in host_batch.items()}

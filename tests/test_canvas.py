@@ -83,3 +83,45 @@ def test_boxes_to_original_inverts_the_canvas_scale():
     boxes = np.array([[0, 0, 64, 32], [10, 5, 70, 40]], np.float32)
     out = canvas.boxes_to_original(boxes, (64, 32), (128, 64))
     np.testing.assert_allclose(out, [[0, 0, 128, 64], [20, 10, 128, 64]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 200), w=st.integers(1, 200), nh=st.integers(1, 200),
+       nw=st.integers(1, 200))
+def test_resize_nearest_equals_the_input_pipelines_resize(h, w, nh, nw):
+    import tensorflow as tf
+    ids = np.random.default_rng(h * 7 + w).integers(0, 255, (h, w)).astype(np.uint8)
+    expected = tf.image.resize(ids[:, :, None], [nh, nw], method="nearest").numpy()[:, :, 0]
+    np.testing.assert_array_equal(canvas.resize_nearest(ids, nh, nw), expected)
+
+
+def test_class_fractions_numpy_equals_tensorflow_and_counts_cells():
+    import tensorflow as tf
+    ids = np.full((64, 64), -1, np.int64)
+    ids[:37, :50] = np.random.default_rng(0).integers(0, 6, (37, 50))
+    ids[:4, :4] = 2  # one cell of a single class
+    ids[4:8, :4] = [[0, 1, 1, -1]] * 4  # a cell of mixed classes and padding
+    out = canvas.class_fractions(ids, 6)
+    assert out.shape == (16, 16, 6) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, canvas.class_fractions_tf(tf.constant(ids), 6).numpy())
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(out[1, 0], [0.25, 0.5, 0, 0, 0, 0])
+    sums = np.zeros((16, 16), np.float32)
+    sums[:9, :12] = 1.0  # cells inside the content (rows < 36, columns < 48)
+    sums[9, :12] = 0.25  # row 36 only
+    sums[:9, 12] = 0.5  # columns 48 and 49 only
+    sums[9, 12] = 0.125
+    sums[1, 0] = 0.75
+    np.testing.assert_array_equal(out.sum(-1), sums)
+    assert not out[10:].any() and not out[:, 13:].any()
+
+
+def test_semantic_canvas_fits_the_map_as_the_image():
+    ids = np.zeros((30, 60), np.uint8)
+    ids[:, 30:] = 3  # right half class 3
+    out = canvas.semantic_canvas(ids, 64, 4)
+    _, (nh, nw) = canvas.fit_to_canvas(np.zeros((30, 60, 3), np.uint8), 64)
+    assert (nh, nw) == (32, 64) and out.shape == (16, 16, 4)
+    np.testing.assert_array_equal(out[:8, :8, 0], 1.0)
+    np.testing.assert_array_equal(out[:8, 8:, 3], 1.0)
+    assert not out[8:].any()  # the canvas padding holds no class

@@ -76,6 +76,7 @@ def test_a_config_saved_before_a_field_existed_reads_as_it_was_trained(tmp_path)
     config = checkpoints.load_config(tmp_path)
     assert config.model.instance_context is False
     assert config.loss.layers_form == "softmax"
+    assert config.model.semantic_channels == 0
     current = ml_collections.ConfigDict({"model": {"num_layers": 4, "instance_context": True}})
     with pytest.raises(ValueError, match="model.instance_context: checkpoint False, config True"):
         checkpoints.check_compatible(current, {"model": {"num_layers": 4}}, "old")

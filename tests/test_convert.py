@@ -253,3 +253,121 @@ def test_wrong_dataset_names_the_reader_the_file_fits(dataset, capsys):
     assert code == 1
     assert "the file looks like --dataset d2sa or synthetic or cocoa_cls, not cocoa" in (
         capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------- semantic maps
+
+S_SEM = 7
+
+
+def _write_maps(path, images, directory, top=S_SEM):
+    """A random class-id PNG per image of the annotation file; returns {image id: ids}."""
+    from PIL import Image
+
+    os.makedirs(directory, exist_ok=True)
+    with open(path) as f:
+        entries = json.load(f)["images"]
+    maps = {}
+    for entry in entries:
+        ids = np.random.default_rng(entry["id"]).integers(
+            0, top, (entry["height"], entry["width"])).astype(np.uint8)
+        Image.fromarray(ids).save(os.path.join(directory, entry["file_name"]))
+        maps[entry["id"]] = ids
+    return maps
+
+
+def test_semantic_maps_round_trip(dataset, tmp_path, capsys):
+    path, images, output = dataset
+    maps = _write_maps(path, images, str(tmp_path / "maps"))
+    assert _run(path, images, output, "--num_shards", "2", "--semantic_dir",
+                str(tmp_path / "maps"), "--semantic_channels", str(S_SEM)) == 0
+    with open(os.path.join(output, "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["semantic_channels"] == S_SEM
+    counts = sum(np.bincount(m.ravel(), minlength=S_SEM) for m in maps.values())
+    assert meta["splits"]["train"]["statistics"]["semantic_class_pixels"] == counts.tolist()
+    parsed = _read_records(output)
+    assert len(parsed) == len(maps)
+    for rec in parsed:
+        np.testing.assert_array_equal(rec["semantic"], maps[rec["image_id"]])
+    # Without the flags the records hold no map, and the metadata says so.
+    plain = str(tmp_path / "plain")
+    assert _run(path, images, plain) == 0
+    with open(os.path.join(plain, "metadata.json")) as f:
+        assert json.load(f)["semantic_channels"] == 0
+    assert all(rec["semantic"] is None for rec in _read_records(plain))
+    # Another split of the directory must have the same maps' classes.
+    capsys.readouterr()
+    assert _run(path, images, plain, "--split", "val", "--semantic_dir",
+                str(tmp_path / "maps"), "--semantic_channels", str(S_SEM)) == 1
+    assert "semantic_channels = 0 from an earlier conversion differs from 7" in (
+        capsys.readouterr().err)
+
+
+def _semantic_error(dataset, tmp_path, capsys, *flags):
+    path, images, output = dataset
+    code = _run(path, images, output, "--num_shards", "2", *flags)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and err.startswith("error: "), err
+    return err, output
+
+
+def test_semantic_map_missing_fails_before_writing(dataset, tmp_path, capsys):
+    path, images, _ = dataset
+    maps = str(tmp_path / "maps")
+    _write_maps(path, images, maps)
+    os.remove(os.path.join(maps, "000004.png"))
+    err, output = _semantic_error(dataset, tmp_path, capsys, "--semantic_dir", maps,
+                                  "--semantic_channels", str(S_SEM))
+    assert f"{os.path.join(maps, '000004.png')}: no semantic map for image id 4" in err
+    assert not os.path.exists(output)
+
+
+@pytest.mark.parametrize("problem", ["size", "value"])
+def test_bad_semantic_map_names_the_file_and_leaves_no_partial_shard(dataset, tmp_path,
+                                                                     capsys, problem):
+    from PIL import Image
+
+    path, images, _ = dataset
+    maps = str(tmp_path / "maps")
+    ids = _write_maps(path, images, maps)[5]
+    bad = os.path.join(maps, "000005.png")
+    if problem == "size":
+        Image.fromarray(ids[:-1]).save(bad)
+    else:
+        ids[0, 0] = S_SEM
+        Image.fromarray(ids).save(bad)
+    err, output = _semantic_error(dataset, tmp_path, capsys, "--semantic_dir", maps,
+                                  "--semantic_channels", str(S_SEM))
+    h, w = ids.shape
+    expected = (f"semantic map of {h - 1} x {w} pixels for an image of {h} x {w}"
+                if problem == "size" else
+                f"class id {S_SEM} outside [0, {S_SEM}), the semantic_channels classes")
+    assert f"{bad}: {expected} (image id 5, " in err
+    # The first shard (images 1-3) completed; the failing one left nothing behind.
+    assert sorted(os.listdir(output)) == [convert.STATS_DIR, "train.tfrecord-00000-of-00002"]
+
+
+def test_semantic_flags_go_together(dataset, tmp_path, capsys):
+    err, output = _semantic_error(dataset, tmp_path, capsys, "--semantic_channels", "4")
+    assert "--semantic_dir and --semantic_channels go together" in err
+    os.makedirs(str(tmp_path / "maps"))
+    err, _ = _semantic_error(dataset, tmp_path, capsys, "--semantic_dir",
+                             str(tmp_path / "maps"), "--semantic_channels", "300")
+    assert "--semantic_channels must be in 2..255" in err
+    assert not os.path.exists(output)
+
+
+def test_shards_of_an_earlier_version_resume(dataset):
+    """Shard statistics written before the semantic settings existed still match."""
+    path, images, output = dataset
+    assert _run(path, images, output, "--num_shards", "2") == 0
+    stats_path = os.path.join(output, convert.STATS_DIR,
+                              convert.shard_name("train", 0, 2) + ".json")
+    with open(stats_path) as f:
+        stats = json.load(f)
+    for key in ("semantic_channels", "semantic_dir"):
+        del stats["settings"][key]
+    with open(stats_path, "w") as f:
+        json.dump(stats, f)
+    assert _run(path, images, output, "--num_shards", "2") == 0

@@ -1,8 +1,61 @@
-"""The main job's command line: a failing data step is one line, not a traceback."""
+"""sln_jax.demo: the main job's data step and a whole run with semantic maps."""
 
+import json
 import os
 import subprocess
 import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sln_jax import checkpoints, demo, records
+from tiny_dataset import load_tiny_config
+
+
+def _config(semantic: bool) -> ml_collections.ConfigDict:
+    """The tiny test config with a small ``synthetic`` section (64 px, 6 + 3 images)."""
+    config = load_tiny_config()
+    config.synthetic = ml_collections.ConfigDict(dict(
+        seed=0, image_size=64, min_objects=2, max_objects=4, num_train=6, num_val=3,
+        num_shards=2, workers=1, semantic=semantic))
+    config.train.num_steps = 2
+    config.eval.num_pictures = 0
+    return config
+
+
+def test_semantic_maps_and_semantic_channels_go_together():
+    config = _config(semantic=True)
+    with pytest.raises(ValueError, match=r"semantic = True but config.model.semantic_channels "
+                                         r"= 0: .* num_classes \+ 1 = 6 classes"):
+        demo.semantic_channels(config)
+    config.model.semantic_channels = 6  # a reference: config.data's value changes too
+    assert config.data.semantic_channels == 6 and demo.semantic_channels(config) == 6
+    config.synthetic.semantic = False
+    with pytest.raises(ValueError, match="semantic = False but"):
+        demo.semantic_channels(config)
+
+
+@pytest.mark.slow
+def test_main_job_with_the_generators_semantic_maps(tmp_path):
+    """synthetic.semantic -> maps generated and converted -> trained with the semantic
+    input -> evaluated (the eval pass feeds the maps too)."""
+    config = _config(semantic=True)
+    config.model.semantic_channels = 6
+    metrics = demo.run(config, str(tmp_path))
+    records_dir = tmp_path / "data" / "records"
+    metadata = records.read_metadata(records_dir, config.data)
+    assert metadata["semantic_channels"] == 6
+    pixels = metadata["splits"]["train"]["statistics"]["semantic_class_pixels"]
+    assert len(pixels) == 6 and sum(pixels) == 6 * 64 * 64 and min(pixels[:1]) > 0
+    assert checkpoints.load_checkpoint(str(tmp_path))["step"] == 2
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["semantic_channels"] == saved["data"]["semantic_channels"] == 6
+    assert set(metrics) >= {"amodal/AP", "order/accuracy"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert sorted(os.listdir(tmp_path / "data" / "synthetic" / "semantic")) == ["train", "val"]
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

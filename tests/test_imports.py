@@ -4,7 +4,7 @@ Floors, bottom up (a module may import its own floor and the floors below, never
 
 0. ground floor, NumPy-only (no JAX, Flax, TensorFlow, no model): ``atomic``, ``canvas``,
    ``images``, ``layering``, ``semdist``, ``depth_order``, ``rle``, ``tfrecord``,
-   ``records``, ``detections``, ``cli``.
+   ``records``, ``detections``, ``cli``, ``semantic``.
 1. ``sln_jax.ops``, ``sln_jax.models`` (Flax modules only), ``losses``, ``input_pipeline``,
    ``postprocess``, ``evaluation``, ``visualize``, ``checkpoints``, ``train_state``.
 2. ``infer`` (Predictor), ``evaluate`` (CLI).
@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 GROUND = {"sln_jax.atomic", "sln_jax.canvas", "sln_jax.images", "sln_jax.layering",
           "sln_jax.semdist", "sln_jax.depth_order", "sln_jax.rle", "sln_jax.tfrecord",
-          "sln_jax.records", "sln_jax.detections", "sln_jax.cli"}
+          "sln_jax.records", "sln_jax.detections", "sln_jax.cli", "sln_jax.semantic"}
 # Third-party packages the ground floor must not import.
 HEAVY = {"jax", "flax", "optax", "orbax", "tensorflow", "tensorflow_datasets"}
 FLOOR = {"sln_jax.infer": 2, "sln_jax.evaluate": 2, "sln_jax.train": 3,

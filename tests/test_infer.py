@@ -338,3 +338,54 @@ def test_cli_fails_when_every_input_is_unreadable(trained, tmp_path):
     _one_line_error(done, 1, "no image predicted: 1 unreadable")
     # The checkpoint was read without orbax's read-only warnings.
     assert "read only" not in done.stderr and "read_only" not in done.stderr, done.stderr
+
+
+def test_predictor_takes_the_semantic_map_as_an_argument(tmp_path):
+    """A model with semantic_channels > 0 needs each image's map (plain images have none:
+    a clear error, never a guess); given, it predicts; a model without the input refuses
+    one. The CLI path reads DIR/<stem>.png and skips an image without its map."""
+    import jax
+
+    from sln_jax.models.sln import SLN
+    from tiny_dataset import load_tiny_config
+
+    config = load_tiny_config()
+    config.model.semantic_channels = 6
+    variables = jax.jit(SLN(config.model).init)(jax.random.key(0),
+                                                np.zeros((1, 64, 64, 3), np.float32))
+    predictor = infer.Predictor.from_variables(config, variables, canvas_sizes=(64,),
+                                               score_threshold=0.0)
+    assert predictor.semantic_channels == 6
+    image = _random_rgb(40, 56)
+    ids = np.random.default_rng(0).integers(0, 6, (40, 56)).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"takes a semantic map per image \(config.model."
+                                         r"semantic_channels = 6\): pass semantic="):
+        predictor.predict(image)
+    with pytest.raises(ValueError, match=r"semantic map 0: expected integer class ids "
+                                         r"\[40, 56\]"):
+        predictor.predict(image, ids[:30])
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 6\)"):
+        predictor.predict(image, ids + 1)
+    instances = predictor.predict(image, ids)
+    assert all(inst["amodal"].shape == (40, 56) for inst in instances)
+    assert predictor.compiled_shapes == [(1, 64, 64, 3)]
+
+    # (The check comes before the model runs: these variables are never used.)
+    plain = infer.Predictor.from_variables(load_tiny_config(), variables, canvas_sizes=(64,))
+    with pytest.raises(ValueError, match="takes no semantic map"):
+        plain.predict(image, ids)
+
+    images, maps = tmp_path / "images", tmp_path / "maps"
+    images.mkdir()
+    maps.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(image).save(images / f"{name}.jpg")
+    Image.fromarray(ids).save(maps / "a.png")  # b has no map
+    with pytest.raises(ValueError, match="pass --semantic_dir"):
+        infer.run(None, None, str(images), tmp_path / "out", predictor=predictor,
+                  progress=False)
+    summary = infer.run(None, None, str(images), tmp_path / "out", predictor=predictor,
+                        semantic_dir=str(maps), progress=False, pictures=False)
+    assert summary["num_images"] == 1 and summary["num_unreadable"] == 1
+    assert "b.png: no semantic map" in summary["unreadable"][0]["error"]
+    assert predictor.compiled_shapes == [(1, 64, 64, 3)]

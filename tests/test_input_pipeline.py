@@ -297,3 +297,101 @@ def test_box_jitter_must_not_be_negative(data_dir):
     with pytest.raises(ValueError, match="box_jitter"):
         input_pipeline.create_dataset(_config(data_dir, box_jitter=-0.1), "train",
                                       batch_dims=(1, 1), train=True, seed=0)
+
+
+# ---------------------------------------------------------------------- semantic maps
+
+S_SEM = 5
+# Class c is painted in PALETTE[c], so the image itself shows where each class is.
+PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]],
+                   np.uint8)
+
+
+@pytest.fixture(scope="module")
+def semantic_data_dir(tmp_path_factory):
+    """The scenes of ``data_dir``, each image painted from a blocky class map (8-px blocks)
+    that is also its semantic map."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("semantic")
+    scenes = [_scene(i, h, w) for i, (h, w) in enumerate(SIZES)]
+    out, maps = str(root / "records"), str(root / "maps")
+    os.makedirs(maps)
+    for split in ("train", "val"):
+        path, images = write_d2sa(str(root / "d2sa"), scenes, split=split)
+        for index, (h, w) in enumerate(SIZES):
+            blocks = np.random.default_rng(index).integers(0, S_SEM, (h // 8 + 1, w // 8 + 1))
+            ids = np.kron(blocks, np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
+            name = f"{index + 1:06d}.png"
+            Image.fromarray(PALETTE[ids]).save(os.path.join(images, name))
+            Image.fromarray(ids).save(os.path.join(maps, name))
+        convert.convert("d2sa", path, images, out, split=split, num_shards=2, workers=1,
+                        num_layers=K, mask_target_size=P, progress=False, semantic_dir=maps,
+                        semantic_channels=S_SEM)
+    return out
+
+
+def _expected_semantic(ids, size, flip):
+    """The NumPy twin of the pipeline's semantic map: resize as the image, flip, pad."""
+    nh, nw = size
+    fitted = canvas.resize_nearest(ids, nh, nw)
+    canvas_ids = np.full((S, S), -1, np.int64)
+    canvas_ids[:nh, :nw] = fitted[:, ::-1] if flip else fitted
+    return canvas.class_fractions(canvas_ids, S_SEM)
+
+
+def test_semantic_map_is_resized_and_flipped_with_the_image(semantic_data_dir):
+    recs = _records(semantic_data_dir)
+    config = _config(semantic_data_dir, semantic_channels=S_SEM)
+    plain = input_pipeline.create_dataset(_config(semantic_data_dir, flip=False,
+                                                  semantic_channels=S_SEM),
+                                          "train", batch_dims=(1, 3), train=True, seed=5)
+    flipped = input_pipeline.create_dataset(config, "train", batch_dims=(1, 3), train=True,
+                                            seed=5)
+    flips, checked = [], 0
+    for a, b in zip(_take(plain, 4), _take(flipped, 4)):
+        for x, y in zip(_images(a), _images(b)):
+            assert y["semantic"].shape == (S // 4, S // 4, S_SEM)
+            assert y["semantic"].dtype == np.float32
+            flip = not np.array_equal(x["image"], y["image"])
+            flips.append(flip)
+            ids = recs[int(y["image_id"])]["semantic"]
+            np.testing.assert_array_equal(
+                y["semantic"], _expected_semantic(ids, y["image_size"], flip))
+            # Where a cell is one class, the image shows that class's colour there.
+            rgb = (y["image"] * canvas.IMAGENET_STD + canvas.IMAGENET_MEAN) * 255
+            cells = np.argwhere(y["semantic"].max(-1) == 1.0)
+            centres = rgb[cells[:, 0] * 4 + 2, cells[:, 1] * 4 + 2]
+            nearest = np.argmin(((centres[:, None] - PALETTE[None]) ** 2).sum(-1), axis=1)
+            np.testing.assert_array_equal(
+                nearest, y["semantic"][cells[:, 0], cells[:, 1]].argmax(-1))
+            checked += len(cells)
+    assert any(flips) and not all(flips) and checked > 100
+
+
+def test_semantic_map_in_evaluation_and_its_padding(semantic_data_dir):
+    recs = _records(semantic_data_dir, "val")
+    batches = list(input_pipeline.create_dataset(
+        _config(semantic_data_dir, semantic_channels=S_SEM), "val", batch_dims=(2, 2),
+        train=False, seed=0))
+    images = [img for b in batches for img in _images(b)]
+    assert [bool(img["image_valid"]) for img in images] == [True] * 6 + [False] * 2
+    for img in images[:6]:
+        np.testing.assert_array_equal(
+            img["semantic"], _expected_semantic(recs[int(img["image_id"])]["semantic"],
+                                                img["image_size"], False))
+    assert not images[-1]["semantic"].any()
+    # Without semantic_channels the maps are not read.
+    plain = next(iter(input_pipeline.create_dataset(_config(semantic_data_dir), "val",
+                                                    batch_dims=(1, 1), train=False, seed=0)))
+    assert "semantic" not in plain
+
+
+def test_semantic_config_without_maps_fails_at_start(data_dir):
+    with pytest.raises(ValueError, match="hold no semantic maps but the config says "
+                                         "semantic_channels = 5"):
+        input_pipeline.create_dataset(_config(data_dir, semantic_channels=5), "train",
+                                      batch_dims=(1, 1), train=True, seed=0)
+    with pytest.raises(ValueError, match="the TFDS datasets hold no semantic maps"):
+        input_pipeline.create_dataset(_config(data_dir, semantic_channels=5, source="tfds"),
+                                      "train", batch_dims=(1, 1), train=True, seed=0)

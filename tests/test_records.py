@@ -107,3 +107,66 @@ def test_parse_needs_no_tensorflow_and_rejects_other_bytes():
         "assert 'tensorflow' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+
+
+def test_semantic_map_round_trip_numpy_and_tf(example):
+    """The optional semantic map: absent -> None; written -> the same class ids back, in
+    NumPy and in tf.data; the other features are unchanged by it."""
+    import tensorflow as tf
+
+    for scene, image, targets, serialized in example:
+        assert records.parse(serialized, P)["semantic"] is None
+        ids = np.random.default_rng(scene.image_id).integers(
+            0, 7, (scene.height, scene.width)).astype(np.uint8)
+        with_map = writer.serialize(scene, image, targets, ids)
+        parsed, plain = records.parse(with_map, P), records.parse(serialized, P)
+        np.testing.assert_array_equal(parsed["semantic"], ids)
+        assert parsed["semantic"].dtype == np.uint8
+        for key in ("global_layers", "layer_crops", "amodal", "boxes"):
+            np.testing.assert_array_equal(parsed[key], plain[key])
+        t = records.parse_tf(tf.constant(with_map), P, semantic=True)
+        np.testing.assert_array_equal(t["semantic"].numpy(), ids)
+        assert "semantic" not in records.parse_tf(tf.constant(with_map), P)
+
+
+def _metadata_dir(tmp_path, semantic_channels=None):
+    import json
+
+    metadata = {"schema_version": records.SCHEMA_VERSION, "num_layers": K,
+                "mask_target_size": P, "num_classes": 3, "splits": {}}
+    if semantic_channels is not None:
+        metadata["semantic_channels"] = semantic_channels
+    (tmp_path / records.METADATA).write_text(json.dumps(metadata))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("have", [None, 0])
+def test_read_metadata_refuses_a_semantic_config_without_maps(tmp_path, have):
+    import ml_collections
+
+    directory = _metadata_dir(tmp_path, have)
+    config = ml_collections.ConfigDict(dict(num_layers=K, mask_target_size=P, num_classes=3,
+                                            semantic_channels=6))
+    with pytest.raises(ValueError, match="hold no semantic maps but the config says "
+                                         "semantic_channels = 6; convert the data with "
+                                         "--semantic_dir DIR --semantic_channels 6"):
+        records.read_metadata(directory, config)
+    config.semantic_channels = 0  # the records' maps are simply not read
+    assert records.semantic_channels(records.read_metadata(directory, config)) == 0
+
+
+def test_read_metadata_checks_the_semantic_class_count(tmp_path):
+    import ml_collections
+
+    directory = _metadata_dir(tmp_path, 6)
+    config = ml_collections.ConfigDict(dict(num_layers=K, mask_target_size=P, num_classes=3,
+                                            semantic_channels=5))
+    with pytest.raises(ValueError, match="records have semantic_channels = 6 but the config "
+                                         "says 5"):
+        records.read_metadata(directory, config)
+    for channels in (6, 0):
+        config.semantic_channels = channels
+        assert records.semantic_channels(records.read_metadata(directory, config)) == 6
+    # Configs from before the field: no semantic input.
+    old = ml_collections.ConfigDict(dict(num_layers=K, mask_target_size=P, num_classes=3))
+    records.read_metadata(directory, old)

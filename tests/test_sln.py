@@ -252,3 +252,66 @@ def test_bfloat16_outputs_stay_close_to_float32(setup):
     for a16, a32 in ((glm16, glm32), (head16, head32)):
         err = jnp.linalg.norm(a16 - a32) / jnp.maximum(jnp.linalg.norm(a32), 1e-6)
         assert float(err) < 0.05, float(err)
+
+
+def test_semantic_input_widens_the_layering_head_and_reaches_its_output():
+    """semantic_channels = 4: the head's first conv takes 4 more input channels, the
+    ROI-aligned map changes the head's logits (gradient nonzero, where the ROIs are), and
+    inference and training both take the map."""
+    channels = 4
+    cfg = model_config(semantic_channels=channels)
+    batch = scene_batch(64, num_layers=cfg.num_layers)
+    images = jnp.asarray(batch["image"])
+    model = SLN(cfg)
+    plain = jax.eval_shape(SLN(model_config()).init, jax.random.key(0), images)
+    widths = {}
+    for name, variables in (("plain", plain),
+                            ("semantic", jax.eval_shape(model.init, jax.random.key(0), images))):
+        widths[name] = variables["params"]["layer_head"]["conv1"]["kernel"].shape[2]
+    assert widths["semantic"] == widths["plain"] + channels
+
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    boxes = jnp.asarray([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 24.0, 60.0, 56.0]]])
+    classes = jnp.ones((2, 1), jnp.int32)
+    semantic = jax.random.uniform(jax.random.key(1), (2, 16, 16, channels))
+
+    def head(module, images, semantic):
+        pyramid = module.pyramid(images)
+        return module.layer_head_on(pyramid, module.global_layers(pyramid), boxes, classes,
+                                    semantic)
+
+    def total(semantic):
+        return jnp.sum(model.apply(variables, images, semantic, method=head) ** 2)
+
+    grad = np.asarray(jax.jit(jax.grad(total))(semantic))
+    assert np.abs(grad).sum() > 0
+    # Only cells under the boxes matter: image 0's box covers cells 2..9 (stride 4).
+    assert np.abs(grad[0, 12:]).sum() == 0 and np.abs(grad[0, :, 12:]).sum() == 0
+    assert np.abs(grad[0, 3:9, 3:9]).sum() > 0
+    # Inference and training outputs of the whole model with the map.
+    shapes = jax.eval_shape(functools.partial(model.apply, semantic=semantic), variables,
+                            images)
+    assert shapes["layer_logits"].shape[:2] == (2, cfg.max_detections)
+    trained = jax.eval_shape(functools.partial(model.apply, train=True, semantic=semantic,
+                                               rngs={"sampling": jax.random.key(2)}),
+                             variables, images, _gt(batch))
+    assert trained["layer_logits"].shape[1] == num_mask_rois(cfg)
+
+
+def test_semantic_input_is_required_exactly_when_configured():
+    batch = scene_batch(64, num_layers=3)
+    images = jnp.asarray(batch["image"])
+    model = SLN(model_config(semantic_channels=4))
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    with pytest.raises(ValueError, match=r"semantic_channels = 4: SLN needs the semantic map"):
+        jax.eval_shape(model.apply, variables, images)
+    with pytest.raises(ValueError, match=r"semantic map \[2, S/s, S/s, 4\] for canvas side "
+                                         r"S = 64 .* got \(2, 16, 16, 3\)"):
+        jax.eval_shape(functools.partial(model.apply, semantic=jnp.zeros((2, 16, 16, 3))),
+                       variables, images)
+    plain = SLN(model_config())
+    with pytest.raises(ValueError, match="semantic_channels is 0"):
+        jax.eval_shape(functools.partial(plain.init, semantic=jnp.zeros((2, 16, 16, 4))),
+                       jax.random.key(0), images)
+    with pytest.raises(ValueError, match="semantic_channels must be >= 0"):
+        check_config(model_config(semantic_channels=-1))

@@ -1,7 +1,8 @@
 """A tiny synthetic dataset converted to TFRecords, and the tiny test config pointing at it.
 
 Shared by tests/test_train.py and tests/test_main.py: 8 train and 4 val images of 64 px in
-2 shards per split (enough for 2 processes), made with the real data_prep code.
+2 shards per split (enough for 2 processes), made with the real data_prep code; optionally
+with the generator's exact semantic maps (``semantic=True``, S_sem = num_classes + 1).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def load_tiny_config() -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def make_tiny_dataset(root: str, num_train: int = 8, num_val: int = 4) -> str:
+def make_tiny_dataset(root: str, num_train: int = 8, num_val: int = 4,
+                      semantic: bool = False) -> str:
     """Generates and converts the dataset under ``root``; returns the records directory."""
     from data_prep import convert, synthetic
 
@@ -32,7 +34,10 @@ def make_tiny_dataset(root: str, num_train: int = 8, num_val: int = 4) -> str:
     records = os.path.join(root, "records")
     scene = synthetic.SceneConfig(image_size=int(config.data.image_size), max_objects=4)
     for split, count in (("train", num_train), ("val", num_val)):
-        synthetic.write_split(raw, split, count, seed=0, config=scene, progress=False)
+        synthetic.write_split(raw, split, count, seed=0, config=scene, progress=False,
+                              semantic=semantic)
+        semantic_args = dict(semantic_dir=os.path.join(raw, "semantic", split),
+                             semantic_channels=synthetic.SEMANTIC_CHANNELS) if semantic else {}
         convert.convert(
             "synthetic",
             os.path.join(raw, "annotations", f"{split}.json"),
@@ -43,6 +48,7 @@ def make_tiny_dataset(root: str, num_train: int = 8, num_val: int = 4) -> str:
             num_layers=int(config.data.num_layers),
             mask_target_size=int(config.data.mask_target_size),
             progress=False,
+            **semantic_args,
         )
     return records
 

@@ -4,7 +4,8 @@
   -> class logits over 1 + num_classes (0 = background) and class-specific box deltas
   ``[1 + num_classes, 4]`` coded with ``sln_jax.ops.boxes.encode`` (weights 10, 10, 5, 5).
 * ``LayeringHead``: multi-level ROIAlign (``mask_pool_size`` = R/2) of the FPN, concatenated
-  with the ROIAligned GLM probabilities (when given) -> four 3x3 convs + ReLU -> 2x2 stride-2
+  with the ROIAligned GLM probabilities and the ROIAligned semantic map (each when given;
+  ``pool_glm``, ``pool_dense``) -> four 3x3 convs + ReLU -> 2x2 stride-2
   transposed conv (as 1x1 conv + depth-to-space) + ReLU -> 1x1 conv to R x R outputs per ROI:
   head 'layers': K layer logits (channel c = {min(L, K-1) == c}; a softmax with a fixed
   background logit 0, see ``sln_jax.losses``);
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 
 from sln_jax.ops import roi_align as roi_ops
 
-__all__ = ["BoxHead", "InstanceContext", "LayeringHead", "pool_rois", "pool_glm"]
+__all__ = ["BoxHead", "InstanceContext", "LayeringHead", "pool_rois", "pool_glm", "pool_dense"]
 
 # ROIAlign of the GLM map: it lives at stride 4.
 GLM_SPATIAL_SCALE = 0.25
@@ -140,7 +141,8 @@ class LayeringHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled: jax.Array, classes: jax.Array,
-                 glm_pooled: jax.Array | None = None) -> jax.Array:
+                 glm_pooled: jax.Array | None = None,
+                 semantic_pooled: jax.Array | None = None) -> jax.Array:
         """Layering outputs of the ROIs.
 
         Args:
@@ -148,6 +150,8 @@ class LayeringHead(nn.Module):
           classes: int32 [B, N] class (1..C) of each ROI, picks the output set when the
             head is per class; ignored when class-agnostic.
           glm_pooled: optional [B, N, r, r, K] ROIAligned GLM probabilities.
+          semantic_pooled: optional [B, N, r, r, S_sem] ROIAligned semantic class
+            fractions (the reference's DeepLab input); the first conv's input grows by S_sem.
 
         Returns:
           head 'layers': float32 [B, N, R, R, K] logits; head 'semdist': float32 [B, N, R, R].
@@ -157,6 +161,8 @@ class LayeringHead(nn.Module):
         x = pooled
         if glm_pooled is not None:
             x = jnp.concatenate([x, glm_pooled.astype(x.dtype)], axis=-1)
+        if semantic_pooled is not None:
+            x = jnp.concatenate([x, semantic_pooled.astype(x.dtype)], axis=-1)
         b, n, r = x.shape[:3]
         x = x.reshape((b * n,) + x.shape[2:])
         init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -197,8 +203,24 @@ def pool_glm(glm_probs: jax.Array, rois: jax.Array, output_size: int) -> jax.Arr
     Returns:
       [B, N, output_size, output_size, K].
     """
-    def one(probs, image_rois):
-        return roi_ops.roi_align(probs, image_rois, output_size, GLM_SPATIAL_SCALE,
+    return pool_dense(glm_probs, rois, output_size, GLM_SPATIAL_SCALE)
+
+
+def pool_dense(maps: jax.Array, rois: jax.Array, output_size: int,
+               spatial_scale: float) -> jax.Array:
+    """ROIAlign of one dense map per image (GLM probabilities, semantic class fractions).
+
+    Args:
+      maps: float [B, h, w, C], the map of a canvas of side h / spatial_scale.
+      rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels.
+      output_size: static int.
+      spatial_scale: map cells per canvas pixel (1 / stride).
+
+    Returns:
+      [B, N, output_size, output_size, C].
+    """
+    def one(image_maps, image_rois):
+        return roi_ops.roi_align(image_maps, image_rois, output_size, spatial_scale,
                                  sampling_ratio=2)
 
-    return jax.vmap(one)(glm_probs, rois)
+    return jax.vmap(one)(maps, rois)

@@ -2,7 +2,15 @@
 
 ``SLN(config.model)`` is a Flax linen module (see ``docs/interfaces.md``):
 
-    SLN(cfg).__call__(images [B, S, S, 3] float32, gt: dict | None = None, train: bool = False)
+    SLN(cfg).__call__(images [B, S, S, 3] float32, gt: dict | None = None, train: bool = False,
+                      semantic: [B, S/s, S/s, S_sem] float32 | None = None)
+
+``semantic`` (when ``semantic_channels`` = S_sem > 0, and only then): a per-pixel S_sem-class
+probability map of each image on its canvas grid at an integer stride s (the input
+pipeline's ``semantic`` batch key: class fractions at s = 4, ``sln_jax.canvas``). The
+layering head ROI-aligns it like the GLM probabilities and concatenates it to its input
+(the reference's DeepLab class probabilities, ``docs/SLN.md`` section 3); the stride is read
+from its shape. ``model.init`` without it initialises with zeros; ``apply`` needs it.
 
 Everything is static-shape and jittable: the batch is vmapped, sampling draws from the
 ``'sampling'`` rng stream, and no Python loop runs over instances.
@@ -80,6 +88,8 @@ Config fields read (``config.model``):
     object (``sln_jax.models.roi_heads.InstanceContext``; our addition to the paper).
   glm: use the global layering module (its loss, and its maps in the layering head).
   glm_dim: GLM conv width.
+  semantic_channels: S_sem, classes of the semantic map input of the layering head; 0 = no
+    such input (absent = 0). A reference to ``config.data.semantic_channels``.
   score_threshold: detections below this class probability are dropped (inference).
   nms_threshold: per-class detection NMS IoU (inference).
   max_detections: D.
@@ -97,13 +107,14 @@ import ml_collections
 
 from sln_jax.models.backbone import FPN, ResNet
 from sln_jax.models.glm import GlobalLayeringModule
-from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_glm, pool_rois
+from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_dense, pool_glm, pool_rois
 from sln_jax.models.rpn import RPNHead, proposals
 from sln_jax.ops import boxes as box_ops
 from sln_jax.ops import sampling
 from sln_jax.ops.anchors import generate_anchors
 
-__all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config"]
+__all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config",
+           "semantic_channels"]
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 GLM_STRIDE = 4
@@ -128,6 +139,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.head must be 'layers' or 'semdist', got {cfg.head!r}")
     if cfg.num_layers < 2:
         raise ValueError(f"config.model.num_layers must be >= 2, got {cfg.num_layers}")
+    if semantic_channels(cfg) < 0:
+        raise ValueError(f"config.model.semantic_channels must be >= 0 (0 = no semantic "
+                         f"input), got {semantic_channels(cfg)}")
+
+
+def semantic_channels(cfg: ml_collections.ConfigDict) -> int:
+    """S_sem of ``config.model`` (configs saved before the field existed: 0)."""
+    return int(cfg.get("semantic_channels", 0) or 0)
 
 
 def _take(values: jax.Array, index: jax.Array) -> jax.Array:
@@ -163,27 +182,53 @@ class SLN(nn.Module):
         return self.glm(pyramid) if self.config.glm else None
 
     def layer_head_on(self, pyramid: list[jax.Array], global_logits: jax.Array | None,
-                      rois: jax.Array, classes: jax.Array) -> jax.Array:
+                      rois: jax.Array, classes: jax.Array,
+                      semantic: jax.Array | None = None) -> jax.Array:
         """The layering head on given boxes.
 
         Args:
           pyramid: ``pyramid(images)``; global_logits: ``global_layers(pyramid)``.
           rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels, e.g. detections or GT boxes.
           classes: int32 [B, N] class (1..C) of each box.
+          semantic: the semantic map of ``__call__`` (needed when ``semantic_channels`` > 0).
 
         Returns:
           head 'layers': float32 [B, N, R, R, K] logits; head 'semdist': float32 [B, N, R, R].
         """
         cfg = self.config
         pooled = pool_rois(pyramid, rois, cfg.mask_pool_size)
-        glm_pooled = None
+        glm_pooled = semantic_pooled = None
         if global_logits is not None:
             glm_pooled = pool_glm(jax.nn.softmax(global_logits, axis=-1), rois,
                                   cfg.mask_pool_size)
-        return self.layer_head(pooled, classes, glm_pooled)
+        if semantic_channels(cfg):
+            canvas_side = pyramid[0].shape[1] * FPN_STRIDES[0]
+            semantic = self._check_semantic(semantic, pyramid[0].shape[0], canvas_side)
+            semantic_pooled = pool_dense(semantic, rois, cfg.mask_pool_size,
+                                         semantic.shape[1] / canvas_side)
+        return self.layer_head(pooled, classes, glm_pooled, semantic_pooled)
 
-    def __call__(self, images: jax.Array, gt: dict | None = None, train: bool = False) -> dict:
-        """images: float32 [B, S, S, 3] normalized, S divisible by 64; gt: the batch (train).
+    def _check_semantic(self, semantic: jax.Array | None, batch: int, size: int) -> jax.Array:
+        """The semantic map, checked against the config and the canvas (ValueError)."""
+        channels = semantic_channels(self.config)
+        if semantic is None:
+            if self.is_initializing():  # parameter shapes only; apply needs the real map
+                cells = size // FPN_STRIDES[0]
+                return jnp.zeros((batch, cells, cells, channels), jnp.float32)
+            raise ValueError(f"config.model.semantic_channels = {channels}: SLN needs the "
+                             f"semantic map, semantic=[B, S/s, S/s, {channels}] (the batch's "
+                             "'semantic', or sln_jax.canvas.semantic_canvas of each image)")
+        shape = tuple(semantic.shape)
+        if (len(shape) != 4 or shape[0] != batch or shape[1] != shape[2] or shape[1] < 1
+                or size % shape[1] or shape[3] != channels):
+            raise ValueError(f"SLN expects the semantic map [{batch}, S/s, S/s, {channels}] "
+                             f"for canvas side S = {size} (integer stride s), got {shape}")
+        return jnp.asarray(semantic, jnp.float32)
+
+    def __call__(self, images: jax.Array, gt: dict | None = None, train: bool = False,
+                 semantic: jax.Array | None = None) -> dict:
+        """images: float32 [B, S, S, 3] normalized, S divisible by 64; gt: the batch (train);
+        semantic: the semantic map when ``semantic_channels`` > 0 (module docstring).
 
         Returns the dict of predictions (and targets when training) described above.
         """
@@ -193,7 +238,12 @@ class SLN(nn.Module):
                              f"{images.shape}")
         if train and gt is None:
             raise ValueError("SLN(train=True) needs the ground-truth batch `gt`")
+        if semantic is not None and not semantic_channels(cfg):
+            raise ValueError("SLN got a semantic map but config.model.semantic_channels is 0; "
+                             "set it to the map's number of classes")
         size = images.shape[1]
+        semantic = (self._check_semantic(semantic, images.shape[0], size)
+                    if semantic_channels(cfg) else None)
         pyramid = self.pyramid(images)
 
         rpn_levels = len(cfg.anchor_sizes)
@@ -209,11 +259,11 @@ class SLN(nn.Module):
 
         if train:
             outputs = self._train_outputs(gt, anchors, rpn_logits, rpn_deltas, prop_boxes,
-                                          prop_valid, pyramid, global_logits)
+                                          prop_valid, pyramid, global_logits, semantic)
             if global_logits is not None:
                 outputs.update(_global_targets(gt, global_logits))
             return outputs
-        outputs = self._detect(prop_boxes, prop_valid, pyramid, global_logits, size)
+        outputs = self._detect(prop_boxes, prop_valid, pyramid, global_logits, size, semantic)
         if global_logits is None:
             global_logits = jnp.zeros((images.shape[0], size // GLM_STRIDE, size // GLM_STRIDE,
                                        cfg.num_layers), jnp.float32)
@@ -221,7 +271,7 @@ class SLN(nn.Module):
         return outputs
 
     def _train_outputs(self, gt, anchors, rpn_logits, rpn_deltas, prop_boxes, prop_valid,
-                       pyramid, global_logits) -> dict:
+                       pyramid, global_logits, semantic) -> dict:
         cfg = self.config
         batch = rpn_logits.shape[0]
         gt_boxes = jnp.asarray(gt["boxes"], jnp.float32)
@@ -272,7 +322,8 @@ class SLN(nn.Module):
         matched = _take(rois["matched_gt"].astype(jnp.int32), first)
         matched_boxes = _take(gt_boxes, matched)
         outputs["mask_valid"] = mask_valid
-        prediction = self.layer_head_on(pyramid, global_logits, mask_rois, mask_classes)
+        prediction = self.layer_head_on(pyramid, global_logits, mask_rois, mask_classes,
+                                        semantic)
         if cfg.head == "layers":
             targets = jax.vmap(functools.partial(sampling.roi_layer_targets,
                                                  output_size=cfg.mask_size))(
@@ -287,7 +338,8 @@ class SLN(nn.Module):
             outputs["semdist_targets"] = targets.astype(jnp.float32)
         return outputs
 
-    def _detect(self, prop_boxes, prop_valid, pyramid, global_logits, size: int) -> dict:
+    def _detect(self, prop_boxes, prop_valid, pyramid, global_logits, size: int,
+                semantic) -> dict:
         cfg = self.config
         batch, num_props = prop_boxes.shape[:2]
         num_classes = cfg.num_classes
@@ -320,7 +372,8 @@ class SLN(nn.Module):
         det_boxes = jax.lax.stop_gradient(det_boxes)
         outputs = {"boxes": det_boxes, "scores": det_scores, "classes": det_classes,
                    "valid": det_valid}
-        prediction = self.layer_head_on(pyramid, global_logits, det_boxes, det_classes)
+        prediction = self.layer_head_on(pyramid, global_logits, det_boxes, det_classes,
+                                        semantic)
         outputs["layer_logits" if cfg.head == "layers" else "semdist"] = prediction
         return outputs
 
