@@ -22,7 +22,7 @@ its workdir to redo it). Variants:
 
 ``--steps`` shortens every run alike (the default is the config's ``train.num_steps``, the
 main job's budget). Prints, and optionally writes, a Markdown table: amodal AP50 and AP,
-occlusion F1, order accuracy (all pairs, and over the pairs given an order) and recall.
+modal AP, occlusion F1, order accuracy (all pairs, and over the pairs given an order) and recall.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ VARIANTS = {
     "semantic input (exact classes)": ["--config.synthetic.semantic=True",
                                        "--config.model.semantic_channels=6"],
 }
-COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("occlusion/f1", "occl. F1"),
+COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("modal/AP", "modal AP"),
+           ("occlusion/f1", "occl. F1"),
            ("order/accuracy", "order acc."), ("order/accuracy_decided", "acc. decided"),
            ("order/recall", "order recall"))
 

@@ -12,7 +12,7 @@ import ablation  # noqa: E402
 
 
 def test_finished_variants_are_read_back_not_rerun(tmp_path, monkeypatch):
-    metrics = {"amodal/AP50": 0.5, "amodal/AP": 0.25, "occlusion/f1": 0.7,
+    metrics = {"amodal/AP50": 0.5, "amodal/AP": 0.25, "modal/AP": 0.2, "occlusion/f1": 0.7,
                "order/accuracy": 0.4, "order/accuracy_decided": 0.55, "order/recall": 0.3}
     workdir = tmp_path / ablation.slug("no GLM")
     workdir.mkdir()
@@ -22,9 +22,9 @@ def test_finished_variants_are_read_back_not_rerun(tmp_path, monkeypatch):
                                 None) == metrics
     text = ablation.table({"no GLM": metrics, "default": {}})
     lines = text.splitlines()
-    assert lines[0].startswith("| variant | AP50 | AP | occl. F1 | order acc.")
-    assert lines[2] == "| no GLM | 0.500 | 0.250 | 0.700 | 0.400 | 0.550 | 0.300 |"
-    assert lines[3] == "| default | " + " | ".join(["-1.000"] * 6) + " |"
+    assert lines[0].startswith("| variant | AP50 | AP | modal AP | occl. F1 | order acc.")
+    assert lines[2] == "| no GLM | 0.500 | 0.250 | 0.200 | 0.700 | 0.400 | 0.550 | 0.300 |"
+    assert lines[3] == "| default | " + " | ".join(["-1.000"] * 7) + " |"
 
 
 def test_a_failing_variant_names_its_log(tmp_path, monkeypatch):
