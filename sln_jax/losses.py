@@ -110,36 +110,26 @@ def _box_terms(outputs: dict) -> dict:
 def _layer_terms(outputs: dict, occluded_pixel_weight: float, form: str) -> dict:
     if form not in ("softmax", "sigmoid"):
         raise ValueError(f"config.loss.layers_form must be 'softmax' or 'sigmoid', got {form!r}")
-    if form == "sigmoid":
-        return _sigmoid_layer_terms(outputs, occluded_pixel_weight)
     logits = outputs["layer_logits"]  # [B, Np, R, R, K]
     targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
-    roi_mask = outputs["mask_valid"][:, :, None, None]
-    log_probs = layer_log_probs(logits)
-    ce = -jnp.take_along_axis(log_probs, (targets + 1)[..., None], axis=-1)[..., 0]
-    pixel_mask = jnp.broadcast_to(roi_mask, targets.shape)
+    pixel_mask = jnp.broadcast_to(outputs["mask_valid"][:, :, None, None], targets.shape)
     # Hidden pixels are a few percent of ROI pixels; weighting them keeps the head from
     # settling on "visible wherever the object is".
     weight = pixel_mask * jnp.where(targets >= 1, occluded_pixel_weight, 1.0)
-    layers = jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-    log_amodal, log_background = amodal_log_probs(logits)
     amodal = targets >= 0
+    if form == "softmax":
+        log_probs = layer_log_probs(logits)
+        ce = -jnp.take_along_axis(log_probs, (targets + 1)[..., None], axis=-1)[..., 0]
+        log_amodal, log_background = amodal_log_probs(logits)
+    else:
+        # The reference's per-layer binary cross-entropies and summed-logit amodal term.
+        onehot = targets[..., None] == jnp.arange(logits.shape[-1])  # all False outside
+        ce = -jnp.sum(jnp.where(onehot, jax.nn.log_sigmoid(logits),
+                                jax.nn.log_sigmoid(-logits)), axis=-1)
+        total = jnp.sum(logits, axis=-1)
+        log_amodal, log_background = jax.nn.log_sigmoid(total), jax.nn.log_sigmoid(-total)
+    layers = jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
     amodal_ce = -jnp.where(amodal, log_amodal, log_background)
-    return {"layers": layers, "amodal": _masked_mean(amodal_ce, pixel_mask)}
-
-
-def _sigmoid_layer_terms(outputs: dict, occluded_pixel_weight: float) -> dict:
-    """The reference's per-layer binary cross-entropies and summed-logit amodal term."""
-    logits = outputs["layer_logits"]  # [B, Np, R, R, K]
-    targets = outputs["layer_targets"]  # [B, Np, R, R], -1 outside
-    num_layers = logits.shape[-1]
-    onehot = targets[..., None] == jnp.arange(num_layers)  # all False outside the mask
-    bce = -jnp.where(onehot, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
-    pixel_mask = jnp.broadcast_to(outputs["mask_valid"][:, :, None, None], targets.shape)
-    weight = pixel_mask * jnp.where(targets >= 1, occluded_pixel_weight, 1.0)
-    layers = jnp.sum(jnp.sum(bce, -1) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-    total = jnp.sum(logits, axis=-1)
-    amodal_ce = -jnp.where(targets >= 0, jax.nn.log_sigmoid(total), jax.nn.log_sigmoid(-total))
     return {"layers": layers, "amodal": _masked_mean(amodal_ce, pixel_mask)}
 
 
