@@ -5,13 +5,16 @@ with a few config overrides, run in its own subprocess and workdir ``ROOT/VARIAN
 table is read back from each run's ``metrics.json``. A finished variant is not rerun (delete
 its workdir to redo it). Variants:
 
-* default: ``configs/synthetic.py`` as it is (head 'layers', GLM, K = 4, instance context);
+* default: ``configs/synthetic.py`` as it is (head 'layers', GLM, K = 4, instance context,
+  order head);
 * semdist head: the paper's representation, the sem-dist map regressed directly;
 * no GLM: the layering head without the global layering map;
 * K = 2: one hidden level instead of three (records converted with that K; the default is
   K = 4: visible, hidden once, twice, three times or more);
 * no hidden weight: hidden pixels weighted like visible ones in the layers loss (1 vs 2);
 * no instance context: the layering head without ``InstanceContext`` (the paper's head);
+* no order head: the depth order read off the layering maps only (the paper's decoding),
+  without the pairwise ``OrderHead``;
 * sigmoid loss: the reference's per-layer binary cross-entropies (``config.loss.layers_form``).
 * semantic input (exact classes): the layering head also takes the generator's exact class
   map (background and the 5 classes, ROI-aligned like the GLM map), as the reference feeds
@@ -43,6 +46,7 @@ VARIANTS = {
     "K = 2": ["--config.data.num_layers=2", "--config.model.num_layers=2"],
     "no hidden weight": ["--config.loss.occluded_pixel_weight=1.0"],
     "no instance context": ["--config.model.instance_context=False"],
+    "no order head": ["--config.model.order_head=False"],
     "sigmoid loss (reference)": ["--config.loss.layers_form=sigmoid"],
     "semantic input (exact classes)": ["--config.synthetic.semantic=True",
                                        "--config.model.semantic_channels=6"],

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from sln_jax import losses
 from sln_jax.models import sln as sln_lib
 from sln_jax.models.roi_heads import pool_glm, pool_rois
-from sln_jax.ops import sampling
+from sln_jax.ops import pairs, sampling
 from sln_jax.models.rpn import proposals
 from sln_jax.ops.anchors import generate_anchors
 
@@ -143,6 +143,17 @@ def measure(config, state, batch: dict, steps: int) -> list[dict]:
     add(f"layering head ({n} slots/image)", jax.grad(lambda p, x, g: _mean_sum(call(
         lambda m, x, g: m.layer_head(x, classes, g), p, x, g))), params, mask_pooled,
         glm_pooled)
+    if sln_lib.order_head_on(cfg):
+        # Po pairs per image among the mask slots (union pooling, cues, head), with the
+        # layering head's outputs on the same slots as cues.
+        first, second = pairs.upper_pairs(n)
+        count = min(int(cfg.order_pairs), len(first))
+        first = jnp.broadcast_to(jnp.asarray(first[:count]), (b, count))
+        second = jnp.broadcast_to(jnp.asarray(second[:count]), (b, count))
+        prediction = outputs["layer_logits" if cfg.head == "layers" else "semdist"]
+        add(f"order head ({count} pairs/image)", jax.grad(lambda p, pyr: _mean_sum(call(
+            lambda m, q: m.order_on(q, mask_boxes + jnp.arange(n)[None, :, None],
+                                    prediction, first, second), p, pyr))), params, pyramid)
     floats = {k: v for k, v in outputs.items() if jnp.issubdtype(v.dtype, jnp.floating)}
     others = {k: v for k, v in outputs.items() if k not in floats}
     add("losses", jax.grad(lambda f: losses.compute({**f, **others}, config.loss)[0]), floats)

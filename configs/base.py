@@ -82,6 +82,23 @@ def get_config() -> ml_collections.ConfigDict:
     # each pixel with a descriptor of its ROI's object, the asymmetric cue that orders two
     # overlapping objects (the reference configs turn it off).
     config.model.instance_context = True
+    # Our addition (sln_jax/models/roi_heads.py OrderHead): a pairwise head scores which of
+    # two overlapping ROIs is in front from the pair's union box and both ROIs' layering
+    # probabilities; postprocessing orders those pairs by it (the reference configs turn it
+    # off and read the order off the layering maps, as the paper does). Pairs per image:
+    # order_pairs in training (random positive pairs with overlapping GT masks),
+    # order_pairs_eval at inference (overlapping detections of highest score product).
+    config.model.order_head = True
+    config.model.order_dim = 64
+    config.model.order_pool_size = 14
+    config.model.order_pairs = 32
+    config.model.order_pairs_eval = 64
+    # How a detection's hidden part is decoded (sln_jax/postprocess.py): 'layers' (its
+    # layering head's hidden pixels, the paper), 'layers_and_order' (those covered by a
+    # detection in front of it scoring >= occluder_score) or 'order' (every pixel such a
+    # detection covers).
+    config.model.occlusion = "layers"
+    config.model.occluder_score = 0.5
     # 128 as Panoptic FPN's semantic head (Kirillov et al. 2019), whose design the GLM follows
     # (docs/SLN.md: the reference's GLM is a frozen DeepLab): its 3x3 convs at stride 4 are
     # its whole cost, and at 256 it cost as much as a ResNet-50 at 512 px
@@ -101,6 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.amodal = 1.0
     config.loss.semdist = 1.0
     config.loss.glm = 1.0
+    config.loss.order = 1.0
     config.loss.occluded_pixel_weight = 1.0  # layers CE weight of hidden pixels
     # 'softmax': the K layers and background exclusive per pixel (ours); 'sigmoid': the
     # reference's per-layer binary cross-entropies (sln_jax/losses.py).

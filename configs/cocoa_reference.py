@@ -97,6 +97,7 @@ def apply_reference_protocol(config: ml_collections.ConfigDict) -> ml_collection
     # The reference's mask head is four convs on the ROI features (model.py Mask): no
     # instance context (our addition, configs/base.py).
     config.model.instance_context = False
+    config.model.order_head = False
     return config
 
 

@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.mask_pool_size = 14
     config.model.mask_size = 28
     config.model.glm_dim = 32
+    config.model.order_dim = 32
+    config.model.order_pairs = 16
+    config.model.order_pairs_eval = 32
     config.model.score_threshold = 0.05  # COCO-style evaluation keeps low scores
     config.model.nms_threshold = 0.5
     config.model.max_detections = 32

@@ -40,7 +40,8 @@ __all__ = [
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # config.model fields that only steer post-processing: a checkpoint serves any value.
-INFERENCE_FIELDS = frozenset({"score_threshold", "nms_threshold", "max_detections"})
+INFERENCE_FIELDS = frozenset({"score_threshold", "nms_threshold", "max_detections",
+                              "order_pairs_eval", "occlusion", "occluder_score"})
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -179,6 +180,9 @@ def find_workdir(path: str | os.PathLike) -> Path:
 # ``upgrade_config``, so older workdirs keep evaluating and predicting as they were trained.
 ADDED_FIELDS = {
     ("model", "instance_context"): False,
+    ("model", "order_head"): False,
+    ("model", "occlusion"): "layers",
+    ("model", "occluder_score"): 0.5,
     ("loss", "layers_form"): "softmax",
     ("model", "semantic_channels"): 0,
     ("data", "semantic_channels"): 0,

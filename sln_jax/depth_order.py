@@ -117,25 +117,32 @@ def _box_overlaps(boxes: np.ndarray, n: int):
                 yield i, j, (top, left, bottom, right)
 
 
-def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
+                       learned: np.ndarray | None = None) -> np.ndarray:
     """int8 [N, N] from full-image layering maps, each pair read on its boxes' overlap.
 
     Args:
       layers: [N] int32 [H, W] layering maps (-1 outside the amodal mask).
       boxes: float [N, 4] (y1, x1, y2, x2) boxes holding each map's amodal mask.
+      learned: optional int8 [N, N] orders of a pairwise order head (+1 / -1, 0 = not
+        scored): they decide the pairs they score whose amodal masks overlap.
     """
     n = len(layers)
     order = np.zeros((n, n), np.int8)
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
         window = np.stack([layers[i][top:bottom, left:right],
                            layers[j][top:bottom, left:right]])
+        if learned is not None and learned[i, j] and np.any((window >= 0).all(axis=0)):
+            order[i, j], order[j, i] = learned[i, j], -learned[i, j]
+            continue
         pair = semdist.depth_order(window)
         order[i, j], order[j, i] = pair[0, 1], pair[1, 0]
     return order
 
 
 def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal: list[np.ndarray],
-                      boxes: np.ndarray) -> np.ndarray:
+                             boxes: np.ndarray, learned: np.ndarray | None = None
+                             ) -> np.ndarray:
     """int8 [N, N] from per-layer probabilities (head 'layers'): i is in front of j when the
     evidence that i is seen where j is hidden, sum_p P_i(visible) P_j(hidden), exceeds the
     converse, for pairs whose amodal masks overlap.
@@ -150,6 +157,8 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         its box window of the original image.
       amodal: per detection bool [H, W] amodal mask.
       boxes: float [N, 4] (y1, x1, y2, x2) original pixels.
+      learned: optional int8 [N, N] orders of a pairwise order head (+1 / -1, 0 = not
+        scored): they decide the pairs they score; the probabilities decide the rest.
     """
     n = len(windows)
     order = np.zeros((n, n), np.int8)
@@ -166,7 +175,11 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         return out[..., 0], out[..., 1:].sum(axis=-1)
 
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
-        if np.any(amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
+        if not np.any(amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
+            continue
+        if learned is not None and learned[i, j]:
+            order[i, j], order[j, i] = learned[i, j], -learned[i, j]
+        else:
             seen_i, hidden_i = cut(i, top, left, bottom, right)
             seen_j, hidden_j = cut(j, top, left, bottom, right)
             sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))

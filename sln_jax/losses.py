@@ -34,9 +34,11 @@ Terms (each normalized so that padding and unsampled entries never contribute):
   positive ROIs.
 * ``glm``: softmax cross-entropy of the global layering map at stride 4, mean over pixels
   inside the image content (canvas padding ignored).
+* ``order`` (``config.model.order_head``): binary cross-entropy of the order head's logit
+  (first ROI of a pair in front) against the GT depth ranks, mean over the chosen pairs.
 
 Loss config fields (``config.loss``): rpn_cls, rpn_box, box_cls, box_reg, layers, amodal,
-semdist, glm (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
+semdist, glm, order (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
 are not reported), occluded_pixel_weight (see ``layers``) and layers_form ('softmax' |
 'sigmoid', see above).
 """
@@ -46,10 +48,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 __all__ = ["compute", "smooth_l1", "amodal_log_probs", "layer_log_probs", "TERMS"]
 
-TERMS = ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm")
+TERMS = ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm",
+         "order")
 RPN_BETA = 1.0 / 9.0
 BOX_BETA = 1.0
 
@@ -146,6 +150,14 @@ def _glm_terms(outputs: dict) -> dict:
     return {"glm": _masked_mean(ce, outputs["global_valid"])}
 
 
+def _order_terms(outputs: dict) -> dict:
+    """Binary cross-entropy of the order logits on the chosen, labelled pairs (mean over
+    them; 0 when a batch has none)."""
+    logits, targets = outputs["order_logits"], outputs["order_targets"]
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+    return {"order": _masked_mean(bce, outputs["order_valid"])}
+
+
 def compute(outputs: dict, loss_config: ml_collections.ConfigDict
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted total loss and every unweighted term.
@@ -167,6 +179,8 @@ def compute(outputs: dict, loss_config: ml_collections.ConfigDict
         terms.update(_semdist_terms(outputs))
     if "global_logits" in outputs:
         terms.update(_glm_terms(outputs))
+    if "order_logits" in outputs:
+        terms.update(_order_terms(outputs))
     total = jnp.zeros((), jnp.float32)
     for name, value in terms.items():
         total = total + float(loss_config[name]) * value

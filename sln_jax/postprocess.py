@@ -14,6 +14,10 @@ Then the occlusion rate (1 - visible area / amodal area) and the depth order bet
 detections whose amodal masks overlap: head 'layers' compares the joint probabilities (i in
 front of j when sum_p P_i(visible) P_j(hidden) exceeds the converse, ``_soft_pair_orders``);
 head 'semdist' the decoded levels (``sln_jax.semdist.depth_order`` on the pair's window).
+With the order head (``config.model.order_head``), the pairs it scored (``order_known``) are
+ordered by the sign of its logit instead; the rule decides the others. Last, with
+``config.model.occlusion`` 'layers_and_order' or 'order', each instance's hidden part is
+made to agree with that order (``_hidden_behind_occluders``).
 ``to_coco_results`` writes the entries of ARCHITECTURE.md's "Results JSON".
 """
 
@@ -66,10 +70,12 @@ def to_instances(outputs: dict, image_size, orig_size,
     Args:
       outputs: inference outputs of one image (NumPy or JAX arrays, no batch axis):
         ``boxes`` f32 [D, 4] canvas pixels, ``scores`` f32 [D], ``classes`` i32 [D],
-        ``valid`` bool [D], and ``layer_logits`` f32 [D, R, R, K] or ``semdist`` f32 [D, R, R].
+        ``valid`` bool [D], and ``layer_logits`` f32 [D, R, R, K] or ``semdist`` f32 [D, R, R];
+        optionally ``order_logits`` f32 [D, D] and ``order_known`` bool [D, D] (order head).
       image_size: (h, w) of the resized content inside the canvas.
       orig_size: (H, W) of the original image.
-      config: ``config.model`` (reads ``head`` and ``num_layers``).
+      config: ``config.model`` (reads ``head``, ``num_layers``, ``order_head``,
+        ``occlusion`` and ``occluder_score``).
 
     Returns:
       One dict per valid detection, in detection order: ``box`` (x, y, w, h) float original
@@ -123,14 +129,75 @@ def to_instances(outputs: dict, image_size, orig_size,
             "occlude_rate": float(occlude_rate),
         })
         all_layers.append(layers)
+    learned = _learned_order(outputs, keep, config)
     if config.head == "layers":
         order = depth_order.from_probability_windows(
-            windows, [instance["amodal"] for instance in instances], boxes)
+            windows, [instance["amodal"] for instance in instances], boxes, learned)
     else:
-        order = depth_order.from_layer_windows(all_layers, boxes)
+        order = depth_order.from_layer_windows(all_layers, boxes, learned)
     for instance, relation in zip(instances, depth_order.to_relations(order)):
         instance["depth_order"] = relation
+    _hidden_behind_occluders(instances, order, config)
     return instances
+
+
+OCCLUSION_RULES = ("layers", "layers_and_order", "order")
+
+
+def _hidden_behind_occluders(instances: list[dict], order: np.ndarray,
+                             config: ml_collections.ConfigDict) -> None:
+    """Makes each instance's hidden part agree with the depth order (in place).
+
+    ``config.occlusion`` (configs saved before it: 'layers'):
+
+    * 'layers': the layering head's own hidden pixels (the paper's decoding);
+    * 'layers_and_order': those hidden pixels only where a detection in front of the
+      instance (``order[j, i] = +1``) with score >= ``config.occluder_score`` covers them
+      with its amodal mask; other hidden pixels become visible. A part is hidden only
+      behind something: a hidden pixel no occluder explains is a decoding error (on the
+      main job, stray hidden pixels made 94 false "occluded" calls against 3 misses);
+    * 'order': every amodal pixel such a detection covers is hidden, the others visible
+      (occlusion from the amodal masks and the order alone).
+
+    ``visible``, ``layers`` (0 where a pixel becomes visible, 1 where 'order' hides a pixel
+    the head called visible) and ``occlude_rate`` are updated together.
+    """
+    rule = config.get("occlusion", "layers")
+    if rule not in OCCLUSION_RULES:
+        raise ValueError(f"config.model.occlusion must be one of {OCCLUSION_RULES}, got "
+                         f"{rule!r}")
+    if rule == "layers" or not instances:
+        return
+    threshold = float(config.occluder_score)
+    shape = instances[0]["amodal"].shape
+    for i, instance in enumerate(instances):
+        covered = np.zeros(shape, bool)
+        for j, other in enumerate(instances):
+            if order[j, i] > 0 and other["score"] >= threshold:
+                covered |= other["amodal"]
+        amodal, layers = instance["amodal"], instance["layers"]
+        hidden = amodal & covered
+        if rule == "layers_and_order":
+            hidden &= ~instance["visible"]
+        layers = np.where(amodal & ~hidden, 0, layers)
+        instance["layers"] = np.where(hidden & (layers == 0), 1, layers).astype(np.int32)
+        instance["visible"] = amodal & ~hidden
+        area = int(amodal.sum())
+        instance["occlude_rate"] = float(hidden.sum() / area) if area else 0.0
+
+
+def _learned_order(outputs: dict, keep: np.ndarray,
+                   config: ml_collections.ConfigDict) -> np.ndarray | None:
+    """int8 [n, n] signs of the order head's logits between the kept detections (0 where it
+    did not score the pair), or None without the head."""
+    if not config.get("order_head", False):
+        return None
+    if "order_logits" not in outputs or "order_known" not in outputs:
+        raise ValueError("to_instances: config.model.order_head needs outputs['order_logits'] "
+                         "and outputs['order_known']")
+    logits = np.asarray(outputs["order_logits"], np.float32)[np.ix_(keep, keep)]
+    known = np.asarray(outputs["order_known"], bool)[np.ix_(keep, keep)]
+    return np.where(known, np.sign(logits), 0).astype(np.int8)
 
 
 def to_coco_results(instances: list[dict], image_id: int) -> list[dict]:

@@ -81,6 +81,67 @@ def test_to_instances_layers_head_masks_occlusion_and_order():
     np.testing.assert_array_equal(b["layers"][~b["amodal"]], -1)
 
 
+def _stray_hidden():
+    """_two_detections plus hidden pixels of B in its bottom-right corner, which A (the
+    only detection in front of B) does not cover, and hidden pixels of A itself."""
+    outputs = _two_detections()
+    b_channels = np.zeros((R, R), np.int64)
+    b_channels[:2, :4] = 1   # under A: explained
+    b_channels[6:, 6:] = 1   # rows 40..47, cols 48..55: nothing covers them
+    outputs["layer_logits"][1] = _layer_logits(b_channels)
+    a_channels = np.zeros((R, R), np.int64)
+    a_channels[:, :2] = 1    # A, in front of everything, has no occluder
+    outputs["layer_logits"][0] = _layer_logits(a_channels)
+    return outputs
+
+
+@pytest.mark.parametrize("score", [0.5, 0.95])
+def test_layers_and_order_keeps_only_hidden_pixels_behind_an_occluder(score):
+    cfg = model_config(num_layers=K, occlusion="layers_and_order", occluder_score=score)
+    plain = postprocess.to_instances(_stray_hidden(), (64, 64), (64, 64),
+                                     model_config(num_layers=K))
+    a, b = postprocess.to_instances(_stray_hidden(), (64, 64), (64, 64), cfg)
+    assert plain[1]["depth_order"] == {0: -1} and b["depth_order"] == {0: -1}
+    assert (plain[1]["amodal"] & ~plain[1]["visible"])[40:48, 48:56].any()
+    hidden_b = b["amodal"] & ~b["visible"]
+    # A has no detection in front: all of it visible; its layers say so.
+    assert a["occlude_rate"] == 0.0 and (a["visible"] == a["amodal"]).all()
+    assert (a["layers"][a["amodal"]] == 0).all()
+    if score <= 0.9:  # A (score 0.9) counts as an occluder
+        assert not hidden_b[40:48, 48:56].any()
+        assert hidden_b[16:23, 24:39].all() and not hidden_b[24:].any()
+        expected = hidden_b.sum() / b["amodal"].sum()
+        assert b["occlude_rate"] == pytest.approx(expected) and expected > 0
+    else:  # no occluder scores high enough: nothing of B is hidden
+        assert not hidden_b.any() and b["occlude_rate"] == 0.0
+    np.testing.assert_array_equal(b["visible"], b["amodal"] & ~hidden_b)
+    np.testing.assert_array_equal(b["layers"][b["visible"]], 0)
+    np.testing.assert_array_equal(b["layers"][~b["amodal"]], -1)
+
+
+def test_order_occlusion_hides_what_a_detection_in_front_covers():
+    cfg = model_config(num_layers=K, occlusion="order", occluder_score=0.5)
+    outputs = _two_detections()
+    outputs["layer_logits"][1] = _layer_logits(np.zeros((R, R), np.int64))  # B all seen
+    outputs["order_logits"] = np.array([[0, 3.0, 0, 0], [-3.0, 0, 0, 0], [0] * 4, [0] * 4],
+                                       np.float32)
+    outputs["order_known"] = outputs["order_logits"] != 0
+    cfg.update(order_head=True)
+    a, b = postprocess.to_instances(outputs, (64, 64), (64, 64), cfg)
+    assert b["depth_order"] == {0: -1}  # from the order head: the layers tie
+    np.testing.assert_array_equal(b["amodal"] & ~b["visible"], b["amodal"] & a["amodal"])
+    assert b["occlude_rate"] == pytest.approx((b["amodal"] & a["amodal"]).sum()
+                                              / b["amodal"].sum())
+    np.testing.assert_array_equal(b["layers"][b["amodal"] & a["amodal"]], 1)
+
+
+def test_unknown_occlusion_rule_is_refused():
+    with pytest.raises(ValueError, match="occlusion"):
+        postprocess.to_instances(_two_detections(), (64, 64), (64, 64),
+                                 model_config(num_layers=K, occlusion="pixels",
+                                              occluder_score=0.5))
+
+
 def test_to_instances_maps_boxes_to_the_original_size():
     outputs = _two_detections()
     # Content 64 x 32 of the canvas was the original 128 x 96 image (x3 across, x2 down).

@@ -39,15 +39,24 @@ semdist_targets        float32 [B, Np, R, R]                      head 'semdist'
 global_logits          float32 [B, S/4, S/4, K]                   when ``glm``
 global_targets         int32 [B, S/4, S/4]                        stride-4 samples of the map
 global_valid           bool [B, S/4, S/4]                         inside the image content
+order_logits           float32 [B, Po]                            when ``order_head``
+order_targets          float32 [B, Po]                            1: first slot in front
+order_valid            bool [B, Po]                               pair chosen and labelled
+order_gt               int32 [B, Po, 2]                           the pair's two GT indices
 =====================  =========================================  ==========================
 
 N = ``roi_batch_per_image``; Np = ``num_mask_rois(config.model)`` mask slots: the layering
 head only runs on positive ROIs (a random subset of at most Np of them), not on all N.
+Po = ``order_pairs``: pairs of mask slots (matched to two different GT objects whose amodal
+masks overlap) drawn at random for the order head, labelled by the GT depth ranks.
 
 **train=False** returns ``max_detections`` (D) detections per image: ``boxes`` f32 [B, D, 4]
 (canvas pixels), ``scores`` f32 [B, D], ``classes`` i32 [B, D], ``valid`` bool [B, D],
 ``layer_logits`` f32 [B, D, R, R, K] (head 'layers') or ``semdist`` f32 [B, D, R, R] (head
-'semdist'), and ``global_logits`` f32 [B, S/4, S/4, K] (zeros when ``glm`` is off).
+'semdist'), and ``global_logits`` f32 [B, S/4, S/4, K] (zeros when ``glm`` is off); with
+``order_head``, ``order_logits`` f32 [B, D, D] (antisymmetric: logit that detection i is in
+front of j) and ``order_known`` bool [B, D, D] on the ``order_pairs_eval`` pairs of valid
+detections with overlapping boxes and the highest score products (0 / False elsewhere).
 
 Variables: ``params``, and ``batch_stats`` for the frozen BatchNorm statistics (never updated:
 the norm always runs in inference mode). ``model.init(rng, images)`` (train=False) creates
@@ -86,6 +95,10 @@ Config fields read (``config.model``):
   class_agnostic_masks: one layering output shared by all classes.
   instance_context: the layering head compares each pixel with a descriptor of its ROI's
     object (``sln_jax.models.roi_heads.InstanceContext``; our addition to the paper).
+  order_head: the pairwise depth-order head (``sln_jax.models.roi_heads.OrderHead``; our
+    addition to the paper); order_dim its width, order_pool_size its ROIAlign side on the
+    pair's union box, order_pairs (Po) pairs per image in training, order_pairs_eval per
+    image at inference.
   glm: use the global layering module (its loss, and its maps in the layering head).
   glm_dim: GLM conv width.
   semantic_channels: S_sem, classes of the semantic map input of the layering head; 0 = no
@@ -107,14 +120,16 @@ import ml_collections
 
 from sln_jax.models.backbone import FPN, ResNet
 from sln_jax.models.glm import GlobalLayeringModule
-from sln_jax.models.roi_heads import BoxHead, LayeringHead, pool_dense, pool_glm, pool_rois
+from sln_jax.models.roi_heads import (BoxHead, LayeringHead, OrderHead, pool_dense, pool_glm,
+                                      pool_rois)
 from sln_jax.models.rpn import RPNHead, proposals
 from sln_jax.ops import boxes as box_ops
+from sln_jax.ops import pairs
 from sln_jax.ops import sampling
 from sln_jax.ops.anchors import generate_anchors
 
 __all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config",
-           "semantic_channels"]
+           "semantic_channels", "order_head_on", "layer_cues"]
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 GLM_STRIDE = 4
@@ -139,9 +154,40 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.head must be 'layers' or 'semdist', got {cfg.head!r}")
     if cfg.num_layers < 2:
         raise ValueError(f"config.model.num_layers must be >= 2, got {cfg.num_layers}")
+    if order_head_on(cfg):
+        for field in ("order_dim", "order_pool_size", "order_pairs", "order_pairs_eval"):
+            if int(cfg[field]) < 1:
+                raise ValueError(f"config.model.{field} must be >= 1 with the order head, "
+                                 f"got {cfg[field]}")
+        if num_mask_rois(cfg) < 2 or int(cfg.max_detections) < 2:
+            raise ValueError("config.model.order_head needs pairs: mask_rois_per_image and "
+                             "max_detections must be >= 2")
     if semantic_channels(cfg) < 0:
         raise ValueError(f"config.model.semantic_channels must be >= 0 (0 = no semantic "
                          f"input), got {semantic_channels(cfg)}")
+
+
+def order_head_on(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the model has the order head (configs saved before the field existed: no)."""
+    return bool(cfg.get("order_head", False))
+
+
+def layer_cues(prediction: jax.Array, head: str, num_layers: int) -> jax.Array:
+    """What the order head reads of each ROI's layering output, not differentiated.
+
+    Args:
+      prediction: head 'layers': float32 [..., R, R, K] logits; 'semdist': [..., R, R].
+
+    Returns:
+      float32 [..., R, R, Q]: head 'layers' the K layer probabilities (softmax with the fixed
+      background logit 0, as ``sln_jax.losses``), Q = K; head 'semdist' the map / (K + 1),
+      Q = 1.
+    """
+    prediction = jax.lax.stop_gradient(prediction)
+    if head == "layers":
+        logits = jnp.concatenate([jnp.zeros_like(prediction[..., :1]), prediction], axis=-1)
+        return jax.nn.softmax(logits, axis=-1)[..., 1:]
+    return prediction[..., None] / (num_layers + 1)
 
 
 def semantic_channels(cfg: ml_collections.ConfigDict) -> int:
@@ -172,6 +218,8 @@ class SLN(nn.Module):
         self.layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
                                        cfg.class_agnostic_masks, cfg.mask_head_dim,
                                        instance_context=cfg.instance_context, dtype=dtype)
+        if order_head_on(cfg):
+            self.order_head = OrderHead(cfg.order_dim, dtype=dtype)
 
     def pyramid(self, images: jax.Array) -> list[jax.Array]:
         """FPN levels [P2..P6] of normalized images [B, S, S, 3]: P_l [B, S/2^l, S/2^l, F]."""
@@ -207,6 +255,39 @@ class SLN(nn.Module):
             semantic_pooled = pool_dense(semantic, rois, cfg.mask_pool_size,
                                          semantic.shape[1] / canvas_side)
         return self.layer_head(pooled, classes, glm_pooled, semantic_pooled)
+
+    def order_on(self, pyramid: list[jax.Array], rois: jax.Array, prediction: jax.Array,
+                 first: jax.Array, second: jax.Array) -> jax.Array:
+        """The order head on pairs of ROIs.
+
+        Args:
+          pyramid: ``pyramid(images)``.
+          rois: float32 [B, N, 4] canvas pixels; prediction: the layering head's output on
+            them (``layer_head_on``).
+          first, second: int32 [B, P] the two ROIs of each pair.
+
+        Returns:
+          float32 [B, P] logit that ROI ``first`` is in front of ROI ``second``.
+        """
+        cfg = self.config
+        size = cfg.order_pool_size
+        boxes_a, boxes_b = _take(rois, first), _take(rois, second)
+        union = pairs.union_boxes(boxes_a, boxes_b)
+        pooled = pool_rois(pyramid, union, size)
+        maps = layer_cues(prediction, cfg.head, cfg.num_layers)
+
+        def cues(index, boxes):
+            resampled = jax.vmap(functools.partial(pairs.resample_maps, output_size=size))(
+                _take(maps, index), boxes, union)
+            inside = jax.vmap(functools.partial(pairs.box_indicator, output_size=size))(
+                boxes, union)
+            return jnp.concatenate([inside[..., None], resampled], axis=-1)
+
+        b, p = first.shape
+        flat = lambda x: x.reshape((b * p,) + x.shape[2:])  # noqa: E731
+        logits = self.order_head(flat(pooled), flat(cues(first, boxes_a)),
+                                 flat(cues(second, boxes_b)))
+        return logits.reshape(b, p)
 
     def _check_semantic(self, semantic: jax.Array | None, batch: int, size: int) -> jax.Array:
         """The semantic map, checked against the config and the canvas (ValueError)."""
@@ -336,7 +417,38 @@ class SLN(nn.Module):
                 mask_rois, matched_boxes, _take(jnp.asarray(gt["semdist"]), matched))
             outputs["semdist"] = prediction
             outputs["semdist_targets"] = targets.astype(jnp.float32)
+        if order_head_on(cfg):
+            outputs.update(self._order_targets(gt, pyramid, mask_rois, mask_valid, matched,
+                                               prediction))
         return outputs
+
+    def _order_targets(self, gt, pyramid, mask_rois, mask_valid, matched, prediction) -> dict:
+        """Order logits and labels of ``order_pairs`` random slot pairs per image whose GT
+        objects differ and overlap (amodal masks); label 1 when the first is in front (lower
+        GT depth rank)."""
+        cfg = self.config
+        first_np, second_np = pairs.upper_pairs(mask_rois.shape[1])
+        gt_boxes = jnp.asarray(gt["boxes"], jnp.float32)
+        crops = jnp.asarray(gt["layers"])
+        ranks = jnp.asarray(gt["order"], jnp.int32)
+        gt_a, gt_b = matched[:, first_np], matched[:, second_np]  # [B, C]
+        overlap = jax.vmap(pairs.masks_overlap)(_take(gt_boxes, gt_a), _take(gt_boxes, gt_b),
+                                                _take(crops, gt_a), _take(crops, gt_b))
+        eligible = (mask_valid[:, first_np] & mask_valid[:, second_np] & (gt_a != gt_b)
+                    & overlap)
+        priority = jax.random.uniform(self.make_rng("sampling"), eligible.shape)
+        index, valid = jax.vmap(functools.partial(pairs.choose, count=cfg.order_pairs))(
+            priority, eligible)
+        first = jnp.asarray(first_np)[index]
+        second = jnp.asarray(second_np)[index]
+        front = (jnp.take_along_axis(_take(ranks, gt_a), index, axis=1)
+                 < jnp.take_along_axis(_take(ranks, gt_b), index, axis=1))
+        pair_gt = jnp.stack([jnp.take_along_axis(gt_a, index, axis=1),
+                             jnp.take_along_axis(gt_b, index, axis=1)], axis=-1)
+        return {"order_logits": self.order_on(pyramid, mask_rois, prediction, first, second),
+                "order_targets": front.astype(jnp.float32),
+                "order_valid": valid,
+                "order_gt": pair_gt}
 
     def _detect(self, prop_boxes, prop_valid, pyramid, global_logits, size: int,
                 semantic) -> dict:
@@ -375,7 +487,32 @@ class SLN(nn.Module):
         prediction = self.layer_head_on(pyramid, global_logits, det_boxes, det_classes,
                                         semantic)
         outputs["layer_logits" if cfg.head == "layers" else "semdist"] = prediction
+        if order_head_on(cfg):
+            outputs.update(self._detection_orders(pyramid, det_boxes, det_scores, det_valid,
+                                                  prediction))
         return outputs
+
+    def _detection_orders(self, pyramid, boxes, scores, valid, prediction) -> dict:
+        """``order_logits`` [B, D, D] and ``order_known`` [B, D, D] on the pairs of valid
+        detections with overlapping boxes of highest score product."""
+        cfg = self.config
+        batch, num = scores.shape
+        first_np, second_np = pairs.upper_pairs(num)
+        eligible = (valid[:, first_np] & valid[:, second_np]
+                    & pairs.boxes_intersect(boxes[:, first_np], boxes[:, second_np]))
+        priority = scores[:, first_np] * scores[:, second_np]
+        index, known = jax.vmap(functools.partial(pairs.choose, count=cfg.order_pairs_eval))(
+            priority, eligible)
+        first = jnp.asarray(first_np)[index]
+        second = jnp.asarray(second_np)[index]
+        logits = jnp.where(known, self.order_on(pyramid, boxes, prediction, first, second), 0.0)
+        rows = jnp.arange(batch)[:, None]
+        matrix = jnp.zeros((batch, num, num), jnp.float32)
+        matrix = matrix.at[rows, first, second].set(logits).at[rows, second, first].set(-logits)
+        known_matrix = jnp.zeros((batch, num, num), bool)
+        known_matrix = known_matrix.at[rows, first, second].set(known)
+        known_matrix = known_matrix.at[rows, second, first].set(known)
+        return {"order_logits": matrix, "order_known": known_matrix}
 
 
 def _global_targets(gt: dict, global_logits: jax.Array) -> dict:

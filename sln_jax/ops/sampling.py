@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from sln_jax.ops import boxes as box_ops
 
-__all__ = ["rpn_targets", "sample_rois", "roi_layer_targets", "roi_semdist_targets"]
+__all__ = ["rpn_targets", "sample_rois", "roi_layer_targets", "roi_semdist_targets",
+           "crop_coordinates"]
 
 
 def _random_ranks(key: jax.Array, members: jax.Array) -> jax.Array:
@@ -154,7 +155,7 @@ def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
     }
 
 
-def _crop_coordinates(rois: jax.Array, gt_boxes: jax.Array, crop_size: int,
+def crop_coordinates(rois: jax.Array, gt_boxes: jax.Array, crop_size: int,
                       output_size: int) -> tuple[jax.Array, jax.Array]:
     """Centres of the ROI's output cells in the GT crop's cell units: ys, xs float32 [N, out].
 
@@ -201,7 +202,7 @@ def roi_layer_targets(rois: jax.Array, gt_boxes: jax.Array, gt_layers: jax.Array
     gt_layers = jnp.asarray(gt_layers)
     _check_crops(gt_layers, jnp.asarray(rois), jnp.asarray(gt_boxes), "roi_layer_targets")
     p = gt_layers.shape[1]
-    ys, xs = _crop_coordinates(rois, gt_boxes, p, output_size)
+    ys, xs = crop_coordinates(rois, gt_boxes, p, output_size)
     inside = ((ys >= 0) & (ys < p))[:, :, None] & ((xs >= 0) & (xs < p))[:, None, :]
     yi = jnp.clip(jnp.floor(ys), 0, p - 1).astype(jnp.int32)
     xi = jnp.clip(jnp.floor(xs), 0, p - 1).astype(jnp.int32)
@@ -229,7 +230,7 @@ def roi_semdist_targets(rois: jax.Array, gt_boxes: jax.Array, gt_semdist: jax.Ar
     gt_semdist = jnp.asarray(gt_semdist, jnp.float32)
     _check_crops(gt_semdist, jnp.asarray(rois), jnp.asarray(gt_boxes), "roi_semdist_targets")
     p = gt_semdist.shape[1]
-    ys, xs = _crop_coordinates(rois, gt_boxes, p, output_size)
+    ys, xs = crop_coordinates(rois, gt_boxes, p, output_size)
     inside = ((ys >= 0) & (ys < p))[:, :, None] & ((xs >= 0) & (xs < p))[:, None, :]
 
     def corners(pos):
