@@ -59,6 +59,8 @@ BACKGROUND = len(LAYER_CLASSES) - 1
 DUPLICATE_IOU = 0.5
 RULES = ("argmax layers", "expected layer", "P(hidden)", "seen vs hidden (soft)",
          "higher score", "P(hidden), else score")
+# The model's own order head (results' order), when it has one.
+ORDER_HEAD = "order head"
 SEMDIST_RULES = ("argmax layers", "expected layer", "higher score", "expected, else score")
 # Occlusion level of a pair's back object (GT rate), as the evaluator's bins.
 PAIR_LEVELS = (("none", 0.0, evaluation.OCCLUDED_RATE),
@@ -276,20 +278,29 @@ def model_with_features(model, variables: dict, images):
     return outputs, captured["fpn"]["__call__"][0], glm
 
 
-def heads_on_boxes(model_config, variables: dict, pyramid, glm_logits, boxes, classes):
-    """The layering head's outputs and the box head's class probabilities [B, N, C + 1] on
-    given boxes [B, N, 4] (canvas pixels) of classes [B, N], from the model's pyramid and
-    GLM logits (``model_with_features``), through the model's own ``SLN.layer_head_on`` and
-    box head."""
+def heads_on_boxes(model_config, variables: dict, pyramid, glm_logits, boxes, classes,
+                   valid=None):
+    """The layering head's outputs, the box head's class probabilities [B, N, C + 1] and,
+    with the order head and ``valid`` [B, N] given, its ``order_logits`` / ``order_known``
+    (else an empty dict) on given boxes [B, N, 4] (canvas pixels) of classes [B, N], from
+    the model's pyramid and GLM logits (``model_with_features``), through the model's own
+    ``SLN.layer_head_on``, box head and ``SLN.detection_orders`` (scores: the box head's
+    probability of each box's class)."""
     import jax
+    import jax.numpy as jnp
 
     from sln_jax.models.roi_heads import pool_rois
-    from sln_jax.models.sln import SLN
+    from sln_jax.models.sln import SLN, order_head_on
 
     def run(module):
         layer_out = module.layer_head_on(pyramid, glm_logits, boxes, classes)
         box_logits, _ = module.box_head(pool_rois(pyramid, boxes, model_config.box_pool_size))
-        return layer_out, jax.nn.softmax(box_logits, axis=-1)
+        probs = jax.nn.softmax(box_logits, axis=-1)
+        orders = {}
+        if valid is not None and order_head_on(model_config):
+            scores = jnp.take_along_axis(probs, classes[..., None], axis=-1)[..., 0]
+            orders = module.detection_orders(pyramid, boxes, scores, valid, layer_out)
+        return layer_out, probs, orders
 
     return SLN(model_config).apply(variables, method=run)
 
@@ -310,11 +321,11 @@ def run_model(config, variables: dict, batch: int, limit: int | None = None):
     heads = jax.jit(functools.partial(heads_on_boxes, cfg))
 
     @jax.jit
-    def forward(variables, images, gt_boxes, gt_classes):
+    def forward(variables, images, gt_boxes, gt_classes, gt_valid):
         det, pyramid, glm_logits = model_with_features(model, variables, images)
-        gt_layers, gt_probs = heads_on_boxes(cfg, variables, pyramid, glm_logits, gt_boxes,
-                                             gt_classes)
-        return det, gt_layers, gt_probs, pyramid, glm_logits
+        gt_layers, gt_probs, gt_orders = heads_on_boxes(cfg, variables, pyramid, glm_logits,
+                                                        gt_boxes, gt_classes, gt_valid)
+        return det, gt_layers, gt_probs, gt_orders, pyramid, glm_logits
 
     variables = jax.device_put(variables)
     seen = 0
@@ -322,13 +333,16 @@ def run_model(config, variables: dict, batch: int, limit: int | None = None):
             config.data, config.data.eval_split, batch_dims=(1, batch), train=False,
             seed=int(config.seed))):
         meta = {k: v.reshape((-1,) + v.shape[2:]) for k, v in host_batch.items()}
-        det, gt_layers, gt_probs, pyramid, glm_logits = forward(
-            variables, meta["image"], meta["boxes"], meta["classes"].astype(np.int32))
+        det, gt_layers, gt_probs, gt_orders, pyramid, glm_logits = forward(
+            variables, meta["image"], meta["boxes"], meta["classes"].astype(np.int32),
+            meta["valid"].astype(bool))
         diff = 0.0
         if number == 0:  # the heads on the detector's boxes are the model's heads
-            again, _ = heads(variables, pyramid, glm_logits, det["boxes"], det["classes"])
+            again, _, _ = heads(variables, pyramid, glm_logits, det["boxes"],
+                                           det["classes"], det["valid"])
             diff = float(np.abs(np.asarray(again) - np.asarray(det[key])).max())
-        det, gt_layers, gt_probs = jax.device_get((det, gt_layers, gt_probs))
+        det, gt_layers, gt_probs, gt_orders = jax.device_get((det, gt_layers, gt_probs,
+                                                              gt_orders))
         for i in np.flatnonzero(meta["image_valid"]):
             if limit is not None and seen >= limit:
                 return
@@ -338,7 +352,8 @@ def run_model(config, variables: dict, batch: int, limit: int | None = None):
             probs = gt_probs[i]
             gt_out = {"boxes": meta["boxes"][i], "classes": classes, "valid": valid,
                       "scores": probs[np.arange(len(classes)), classes].astype(np.float32),
-                      key: gt_layers[i], "box_probs": probs}
+                      key: gt_layers[i], "box_probs": probs,
+                      **{k: v[i] for k, v in gt_orders.items()}}
             yield (int(meta["image_id"][i]), meta["image_size"][i], meta["orig_size"][i],
                    {k: np.asarray(v[i]) for k, v in det.items()}, gt_out, diff)
 
@@ -387,7 +402,11 @@ def decode_into(source: Source, outputs: dict, image_id: int, image_size, orig_s
     for i, inst in enumerate(instances):
         for j, v in inst["depth_order"].items():
             current[i, j] = v
-    source.mismatched_argmax += int((current != orders["argmax layers"]).sum())
+    if "order_logits" in outputs:
+        # The results' order: the order head's sign on the pairs it scored.
+        orders[ORDER_HEAD] = current
+    else:
+        source.mismatched_argmax += int((current != orders["argmax layers"]).sum())
     source.orders[image_id] = orders
     if "box_probs" in outputs:
         probs = np.asarray(outputs["box_probs"])[keep]
@@ -551,7 +570,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
     for img, match in zip(images, matches):
         for g, d in match.items():
             gt_occ_of[img.image_id, d] = img.occlusion[g] > evaluation.OCCLUDED_RATE
-    for rule in ("argmax layers", "seen vs hidden (soft)", "higher score", "GT order"):
+    for rule in ("argmax layers", "seen vs hidden (soft)", "higher score", ORDER_HEAD,
+                 "GT order"):
         tp = fp = fn = 0
         for img, det, iou, match, match_ca in zip(images, dets, ious, matches, matches_ca):
             d = len(det.scores)
@@ -584,6 +604,8 @@ def report(source: Source, gt_data: dict, categories: dict[int, str], head: str)
 
     # --- depth order under each rule
     rules = RULES if head == "layers" else SEMDIST_RULES
+    if any(ORDER_HEAD in orders for orders in source.orders.values()):
+        rules = rules + (ORDER_HEAD,)
     out.append("depth order by decoding rule (accuracy over matched pairs, unordered = wrong | "
                "over ordered pairs | recall), evaluator's matching; class-agnostic matching; "
                "accuracy by the GT occlusion of the back object (pairs):")

@@ -221,14 +221,43 @@ def test_heads_on_boxes_reproduce_the_model():
     assert len(pyramid) == 5 and glm_logits.shape[-1] == cfg.num_layers
     assert bool(det["valid"].any())
     heads = jax.jit(functools.partial(diagnose.heads_on_boxes, cfg))
-    logits, probs = heads(variables, pyramid, glm_logits, det["boxes"], det["classes"])
+    logits, probs, orders = heads(variables, pyramid, glm_logits, det["boxes"], det["classes"])
+    assert orders == {}  # no order head in this config
     np.testing.assert_allclose(np.asarray(logits), np.asarray(det["layer_logits"]),
                                rtol=1e-5, atol=1e-6)
     assert probs.shape == det["boxes"].shape[:2] + (cfg.num_classes + 1,)
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
     # Other boxes give other outputs (the boxes are used, not the model's own).
-    moved, _ = heads(variables, pyramid, glm_logits, det["boxes"] * 0.5, det["classes"])
+    moved, _, _ = heads(variables, pyramid, glm_logits, det["boxes"] * 0.5, det["classes"])
     assert not np.allclose(np.asarray(moved), np.asarray(det["layer_logits"]))
+
+
+@pytest.mark.slow
+def test_heads_on_boxes_run_the_order_head_on_valid_boxes():
+    import jax
+    import jax.numpy as jnp
+
+    from model_test_config import model_config
+    from sln_jax.models.sln import SLN
+
+    cfg = model_config(order_head=True, order_dim=8, order_pool_size=7, order_pairs=4,
+                       order_pairs_eval=6)
+    model = SLN(cfg)
+    images = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (1, 64, 64, 3)), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), images, None, train=False)
+    _, pyramid, glm_logits = diagnose.model_with_features(model, variables, images)
+    boxes = jnp.array([[[4.0, 4.0, 40.0, 40.0], [20.0, 20.0, 60.0, 60.0],
+                        [0.0, 44.0, 10.0, 60.0]]])
+    classes = jnp.array([[1, 2, 3]], jnp.int32)
+    valid = jnp.array([[True, True, False]])
+    _, _, orders = diagnose.heads_on_boxes(cfg, variables, pyramid, glm_logits, boxes, classes,
+                                           valid)
+    known = np.asarray(orders["order_known"])[0]
+    # The one pair of valid, overlapping boxes is scored; the invalid box is not.
+    assert known.tolist() == [[False, True, False], [True, False, False],
+                              [False, False, False]]
+    logits = np.asarray(orders["order_logits"])[0]
+    assert logits[0, 1] == -logits[1, 0] and logits[0, 1] != 0
 
 
 def _two_image_source():

@@ -488,13 +488,23 @@ class SLN(nn.Module):
                                         semantic)
         outputs["layer_logits" if cfg.head == "layers" else "semdist"] = prediction
         if order_head_on(cfg):
-            outputs.update(self._detection_orders(pyramid, det_boxes, det_scores, det_valid,
+            outputs.update(self.detection_orders(pyramid, det_boxes, det_scores, det_valid,
                                                   prediction))
         return outputs
 
-    def _detection_orders(self, pyramid, boxes, scores, valid, prediction) -> dict:
-        """``order_logits`` [B, D, D] and ``order_known`` [B, D, D] on the pairs of valid
-        detections with overlapping boxes of highest score product."""
+    def detection_orders(self, pyramid: list[jax.Array], boxes: jax.Array, scores: jax.Array,
+                         valid: jax.Array, prediction: jax.Array) -> dict:
+        """The order head on the ``order_pairs_eval`` pairs of valid boxes that overlap, of
+        highest score product (detections, or GT boxes in ``benchmarks/diagnose.py``).
+
+        Args:
+          pyramid: ``pyramid(images)``; boxes: float32 [B, D, 4] canvas pixels; scores:
+            float32 [B, D]; valid: bool [B, D]; prediction: ``layer_head_on`` of the boxes.
+
+        Returns:
+          ``order_logits`` float32 [B, D, D] (antisymmetric; 0 off the scored pairs) and
+          ``order_known`` bool [B, D, D].
+        """
         cfg = self.config
         batch, num = scores.shape
         first_np, second_np = pairs.upper_pairs(num)
