@@ -177,6 +177,7 @@ def random_batch(batch: int, size: int, instances: int, crop: int) -> dict:
         "boxes": scene_boxes(batch, size, instances),
         "classes": np.ones((batch, instances), np.int32),
         "valid": np.ones((batch, instances), bool),
+        "order": np.tile(np.arange(instances, dtype=np.int32), (batch, 1)),
         "layers": rng.integers(-1, NUM_LAYERS, (batch, instances, crop, crop)).astype(np.int8),
         "semdist": rng.uniform(0, NUM_LAYERS + 1, (batch, instances, crop, crop)).astype(
             np.float32),

@@ -98,6 +98,7 @@ def apply_reference_protocol(config: ml_collections.ConfigDict) -> ml_collection
     # instance context (our addition, configs/base.py).
     config.model.instance_context = False
     config.model.order_head = False
+    config.model.order_rule = "soft"
     return config
 
 

@@ -41,7 +41,8 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # config.model fields that only steer post-processing: a checkpoint serves any value.
 INFERENCE_FIELDS = frozenset({"score_threshold", "nms_threshold", "max_detections",
-                              "order_pairs_eval", "occlusion", "occluder_score"})
+                              "order_pairs_eval", "occlusion", "occluder_score",
+                              "order_rule"})
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -182,6 +183,7 @@ ADDED_FIELDS = {
     ("model", "instance_context"): False,
     ("model", "order_head"): False,
     ("model", "occlusion"): "layers",
+    ("model", "order_rule"): "soft",
     ("model", "occluder_score"): 0.5,
     ("loss", "layers_form"): "softmax",
     ("model", "semantic_channels"): 0,

@@ -140,8 +140,12 @@ def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
     return order
 
 
+PROBABILITY_RULES = ("soft", "hidden_else_score")
+
+
 def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal: list[np.ndarray],
-                             boxes: np.ndarray, learned: np.ndarray | None = None
+                             boxes: np.ndarray, learned: np.ndarray | None = None,
+                             rule: str = "soft", scores: np.ndarray | None = None
                              ) -> np.ndarray:
     """int8 [N, N] from per-layer probabilities (head 'layers'): i is in front of j when the
     evidence that i is seen where j is hidden, sum_p P_i(visible) P_j(hidden), exceeds the
@@ -159,7 +163,16 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
       boxes: float [N, 4] (y1, x1, y2, x2) original pixels.
       learned: optional int8 [N, N] orders of a pairwise order head (+1 / -1, 0 = not
         scored): they decide the pairs they score; the probabilities decide the rest.
+      rule: 'soft' (above) or 'hidden_else_score': i is in front of j when its mean
+        P(hidden | object) over the pair's amodal overlap is lower; when that ties, or when
+        their boxes overlap but their amodal masks do not, when its detection score is
+        higher (``scores`` float [N] needed): the less surely detected object is more
+        often the occluded one.
     """
+    if rule not in PROBABILITY_RULES:
+        raise ValueError(f"depth order rule must be one of {PROBABILITY_RULES}, got {rule!r}")
+    if rule == "hidden_else_score" and scores is None:
+        raise ValueError("depth order rule 'hidden_else_score' needs the detection scores")
     n = len(windows)
     order = np.zeros((n, n), np.int8)
 
@@ -176,12 +189,30 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
 
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
         if not np.any(amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
+            if rule == "hidden_else_score":  # boxes overlap, masks do not: the score
+                sign = np.sign(float(scores[i]) - float(scores[j]))
+                order[i, j], order[j, i] = sign, -sign
             continue
         if learned is not None and learned[i, j]:
             order[i, j], order[j, i] = learned[i, j], -learned[i, j]
-        else:
-            seen_i, hidden_i = cut(i, top, left, bottom, right)
-            seen_j, hidden_j = cut(j, top, left, bottom, right)
+            continue
+        seen_i, hidden_i = cut(i, top, left, bottom, right)
+        seen_j, hidden_j = cut(j, top, left, bottom, right)
+        if rule == "soft":
             sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
-            order[i, j], order[j, i] = sign, -sign
+        else:
+            both = amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]
+            sign = np.sign(_mean_hidden(seen_j, hidden_j, both)
+                           - _mean_hidden(seen_i, hidden_i, both))
+            if sign == 0:
+                sign = np.sign(float(scores[i]) - float(scores[j]))
+        order[i, j], order[j, i] = sign, -sign
     return order
+
+
+def _mean_hidden(seen: np.ndarray, hidden: np.ndarray, on: np.ndarray) -> float:
+    """Mean over the pixels ``on`` of P(hidden | object) = hidden / (seen + hidden) (0 where
+    the object has probability 0)."""
+    total = seen + hidden
+    conditional = np.where(total > 0, hidden / np.where(total > 0, total, 1.0), 0.0)
+    return float(conditional[on].mean()) if on.any() else 0.0

@@ -14,8 +14,9 @@ Then the occlusion rate (1 - visible area / amodal area) and the depth order bet
 detections whose amodal masks overlap: head 'layers' compares the joint probabilities (i in
 front of j when sum_p P_i(visible) P_j(hidden) exceeds the converse, ``_soft_pair_orders``);
 head 'semdist' the decoded levels (``sln_jax.semdist.depth_order`` on the pair's window).
-With the order head (``config.model.order_head``), the pairs it scored (``order_known``) are
-ordered by the sign of its logit instead; the rule decides the others. Last, with
+``config.model.order_rule`` 'hidden_else_score' puts in front the detection with the lower
+mean P(hidden | object) over the overlap (a tie: the higher score); 'head' takes the sign of
+the order head's logit on the pairs it scored (``order_known``), the soft rule on the others. Last, with
 ``config.model.occlusion`` 'layers_and_order' or 'order', each instance's hidden part is
 made to agree with that order (``_hidden_behind_occluders``).
 ``to_coco_results`` writes the entries of ARCHITECTURE.md's "Results JSON".
@@ -132,7 +133,9 @@ def to_instances(outputs: dict, image_size, orig_size,
     learned = _learned_order(outputs, keep, config)
     if config.head == "layers":
         order = depth_order.from_probability_windows(
-            windows, [instance["amodal"] for instance in instances], boxes, learned)
+            windows, [instance["amodal"] for instance in instances], boxes, learned,
+            rule="soft" if learned is not None else config.get("order_rule", "soft"),
+            scores=scores)
     else:
         order = depth_order.from_layer_windows(all_layers, boxes, learned)
     for instance, relation in zip(instances, depth_order.to_relations(order)):
@@ -189,12 +192,14 @@ def _hidden_behind_occluders(instances: list[dict], order: np.ndarray,
 def _learned_order(outputs: dict, keep: np.ndarray,
                    config: ml_collections.ConfigDict) -> np.ndarray | None:
     """int8 [n, n] signs of the order head's logits between the kept detections (0 where it
-    did not score the pair), or None without the head."""
-    if not config.get("order_head", False):
+    did not score the pair) when ``config.order_rule`` is 'head', else None."""
+    if config.get("order_rule", "soft") != "head":
         return None
+    if not config.get("order_head", False):
+        raise ValueError("config.model.order_rule 'head' needs config.model.order_head")
     if "order_logits" not in outputs or "order_known" not in outputs:
-        raise ValueError("to_instances: config.model.order_head needs outputs['order_logits'] "
-                         "and outputs['order_known']")
+        raise ValueError("to_instances: config.model.order_rule 'head' needs "
+                         "outputs['order_logits'] and outputs['order_known']")
     logits = np.asarray(outputs["order_logits"], np.float32)[np.ix_(keep, keep)]
     known = np.asarray(outputs["order_known"], bool)[np.ix_(keep, keep)]
     return np.where(known, np.sign(logits), 0).astype(np.int8)

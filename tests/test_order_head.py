@@ -15,7 +15,7 @@ from sln_jax.models.roi_heads import OrderHead
 from sln_jax.ops import pairs
 
 ORDER = dict(order_head=True, order_dim=8, order_pool_size=7, order_pairs=4,
-             order_pairs_eval=6)
+             order_pairs_eval=6, order_rule="head")
 
 
 def test_upper_pairs_lists_each_unordered_pair_once():
@@ -269,10 +269,17 @@ def test_postprocess_orders_scored_pairs_by_the_order_head():
     learned = postprocess.to_instances(_two_instance_outputs(-2.0, True), (32, 32), (32, 32),
                                        cfg)
     assert learned[0]["depth_order"] == {1: -1} and learned[1]["depth_order"] == {0: 1}
-    # Without the head in the config its outputs are ignored (older models' decoding).
+    # Without the head in the config its outputs are ignored (older models' decoding), and
+    # so they are with the head when another rule is asked for.
     plain = postprocess.to_instances(_two_instance_outputs(-2.0, True), (32, 32), (32, 32),
                                      model_config())
     assert plain[0]["depth_order"] == {1: 1}
+    other = postprocess.to_instances(_two_instance_outputs(-2.0, True), (32, 32), (32, 32),
+                                     model_config(**dict(ORDER, order_rule="soft")))
+    assert other[0]["depth_order"] == {1: 1}
+    with pytest.raises(ValueError, match="order_head"):
+        postprocess.to_instances(_two_instance_outputs(-2.0, True), (32, 32), (32, 32),
+                                 model_config(order_rule="head"))
     # Disjoint masks: no order, whatever the head says.
     apart = postprocess.to_instances(_two_instance_outputs(-2.0, True, shift=10), (40, 40),
                                      (40, 40), cfg)
@@ -302,3 +309,51 @@ def test_config_check_needs_pairs():
         sln_lib.check_config(model_config(**dict(ORDER, order_pairs=0)))
     with pytest.raises(ValueError, match="max_detections"):
         sln_lib.check_config(model_config(**dict(ORDER, max_detections=1)))
+
+
+def _windows(probs_list, boxes):
+    """(top, left, probs) windows of full-image per-layer probabilities."""
+    out = []
+    for probs, (y1, x1, y2, x2) in zip(probs_list, boxes.astype(int)):
+        out.append((y1, x1, probs[y1:y2, x1:x2]))
+    return out
+
+
+def test_hidden_else_score_rule_compares_mean_hidden_then_scores():
+    h = w = 12
+    boxes = np.array([[0, 0, 8, 8], [4, 4, 12, 12]], np.float32)
+    amodal = [np.zeros((h, w), bool), np.zeros((h, w), bool)]
+    amodal[0][0:8, 0:8] = True
+    amodal[1][4:12, 4:12] = True
+    probs = [np.zeros((h, w, 2), np.float32), np.zeros((h, w, 2), np.float32)]
+    # On the overlap (rows / cols 4..7): detection 0 is 0.3 hidden (of a P(object) of only
+    # 0.1), detection 1 0.6 hidden: 0 is in front although 1 scores higher.
+    probs[0][amodal[0]] = (0.7, 0.3)
+    probs[0][4:8, 4:8] = (0.07, 0.03)
+    probs[1][amodal[1]] = (0.4, 0.6)
+    windows = _windows(probs, boxes)
+    scores = np.array([0.2, 0.9])
+    rule = depth_order.from_probability_windows(windows, amodal, boxes,
+                                                rule="hidden_else_score", scores=scores)
+    assert rule[0, 1] == 1 and rule[1, 0] == -1
+    # Only the overlap counts: hiding more of 0 elsewhere changes nothing.
+    probs[0][0:4, 0:4] = (0.0, 1.0)
+    again = depth_order.from_probability_windows(_windows(probs, boxes), amodal, boxes,
+                                                 rule="hidden_else_score", scores=scores)
+    np.testing.assert_array_equal(again, rule)
+    # Equal hidden shares: the higher score is in front.
+    probs[1][4:8, 4:8] = (0.07, 0.03)
+    probs[1][amodal[1] & ~amodal[0]] = (0.7, 0.3)
+    tie = depth_order.from_probability_windows(_windows(probs, boxes), amodal, boxes,
+                                               rule="hidden_else_score", scores=scores)
+    assert tie[0, 1] == -1 and tie[1, 0] == 1
+    # Boxes that overlap, masks that do not (0 shrunk to its top-left quarter): the score.
+    small = [amodal[0] & (np.arange(h)[:, None] < 4) & (np.arange(w)[None] < 4), amodal[1]]
+    apart = depth_order.from_probability_windows(_windows(probs, boxes), small, boxes,
+                                                 rule="hidden_else_score", scores=scores)
+    assert apart[0, 1] == -1 and apart[1, 0] == 1
+    assert depth_order.from_probability_windows(_windows(probs, boxes), small, boxes)[0, 1] == 0
+    with pytest.raises(ValueError, match="scores"):
+        depth_order.from_probability_windows(windows, amodal, boxes, rule="hidden_else_score")
+    with pytest.raises(ValueError, match="rule"):
+        depth_order.from_probability_windows(windows, amodal, boxes, rule="argmax")

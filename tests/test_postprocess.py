@@ -126,7 +126,7 @@ def test_order_occlusion_hides_what_a_detection_in_front_covers():
     outputs["order_logits"] = np.array([[0, 3.0, 0, 0], [-3.0, 0, 0, 0], [0] * 4, [0] * 4],
                                        np.float32)
     outputs["order_known"] = outputs["order_logits"] != 0
-    cfg.update(order_head=True)
+    cfg.update(order_head=True, order_rule="head")
     a, b = postprocess.to_instances(outputs, (64, 64), (64, 64), cfg)
     assert b["depth_order"] == {0: -1}  # from the order head: the layers tie
     np.testing.assert_array_equal(b["amodal"] & ~b["visible"], b["amodal"] & a["amodal"])
