@@ -292,15 +292,10 @@ def test_report_scores_each_image_with_its_own_orders():
 
 
 @pytest.mark.slow
-def test_main_on_a_trained_workdir(tmp_path, capsys):
-    """The command line end to end on a workdir trained 2 steps (the tiny config)."""
-    from sln_jax import train
-    from tiny_dataset import make_tiny_dataset, tiny_config
-
-    config = tiny_config(make_tiny_dataset(str(tmp_path), num_train=4, num_val=3))
-    config.train.num_steps = 2
-    train.train(config, str(tmp_path / "workdir"), evaluate_every=False)
-    assert diagnose.main(["--workdir", str(tmp_path / "workdir"), "--batch", "2"]) == 0
+def test_main_on_a_trained_workdir(tiny_run, capsys):
+    """The command line end to end on a workdir trained 2 steps (the session's tiny run, 3 val
+    images: the second batch of 2 is padded)."""
+    assert diagnose.main(["--workdir", str(tiny_run.workdir), "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "step 2" in out and "3 val images" in out
     assert "detector boxes (the evaluation)" in out and "ground-truth boxes" in out
