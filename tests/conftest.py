@@ -26,3 +26,18 @@ from xla_env import TEST_XLA_FLAGS  # noqa: E402
 
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny config trained 2 steps and evaluated by ``python -m sln_jax.main``, once per
+    session (``tiny_dataset.train_tiny_run``). test_main checks every output of the run; the
+    tests that need a trained workdir read it. Nobody writes to it: a test that runs more
+    modes on it works on a copy."""
+    from tiny_dataset import train_tiny_run
+
+    run = train_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+    assert run.result.returncode == 0, run.result.stderr[-3000:]
+    return run

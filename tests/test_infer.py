@@ -110,19 +110,13 @@ CANVASES = (64, 128)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(config, workdir, raw data root): the tiny config trained 2 steps on 64-px scenes.
+def trained(tiny_run):
+    """(config, workdir, raw data root): the session's tiny run (``tiny_run``: the tiny config
+    trained 2 steps on 64-px scenes by the CLI).
 
     The raw root holds ``images/{train,val}/*.png`` and ``annotations/{train,val}.json``.
     """
-    from sln_jax import train
-    from tiny_dataset import make_tiny_dataset, tiny_config
-
-    root = tmp_path_factory.mktemp("infer_e2e")
-    config = tiny_config(make_tiny_dataset(str(root), num_train=4, num_val=3))
-    config.train.num_steps = 2
-    train.train(config, str(root / "workdir"), evaluate_every=False)
-    return config, root / "workdir", root / "raw"
+    return tiny_run.config(), tiny_run.workdir, tiny_run.raw
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import pytest
 
-from sln_jax import checkpoints, main, train
-from tiny_dataset import REPO, TINY_CONFIG, load_tiny_config, make_tiny_dataset
-from xla_env import subprocess_env
+from sln_jax import checkpoints, main
+from tiny_dataset import load_tiny_config, run_main, start_main
 
 # ARCHITECTURE.md's flat metric names that every synthetic (COCO-format) evaluation writes.
 REQUIRED_METRICS = [
@@ -27,16 +25,6 @@ REQUIRED_METRICS = [
     "order/pairs",
 ]
 RESULT_KEYS = {"image_id", "category_id", "score", "bbox", "segmentation", "visible_mask", "occlude_rate", "depth_order"}
-
-
-def run_main(*args: str, timeout: int = 1500, config: str | None = TINY_CONFIG
-             ) -> subprocess.CompletedProcess:
-    env = dict(subprocess_env(), PYTHONPATH=REPO)
-    config_args = ["--config", config] if config else []
-    return subprocess.run(
-        [sys.executable, "-m", "sln_jax.main", *config_args, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def test_unknown_mode_is_rejected(tmp_path):
@@ -76,16 +64,13 @@ def test_evaluate_of_a_workdir_without_a_run_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_writes_every_output(tmp_path):
-    records = make_tiny_dataset(str(tmp_path / "data"))
-    workdir = tmp_path / "workdir"
-    result = run_main(
-        f"--workdir={workdir}",
-        f"--config.data.dir={records}",
-        "--config.train.num_steps=2",
-        "--config.optim.learning_rate=0.001",
-        "--config.eval.num_pictures=2",
-    )
+def test_train_and_evaluate_writes_every_output(tiny_run, tmp_path):
+    """The session's run (``tiny_run``: the tiny config with --config.train.num_steps=2
+    --config.optim.learning_rate=0.001 --config.eval.num_pictures=2, mode
+    train_and_evaluate) wrote every output; evaluating its workdir again, with the config or
+    with the workdir's saved one, gives the same metrics."""
+    result, records = tiny_run.result, tiny_run.records
+    workdir = tiny_run.workdir
     assert result.returncode == 0, result.stderr[-3000:]
     # Overrides reached the run: recorded config, schedule length, checkpoint step.
     saved = json.loads((workdir / "config.json").read_text())
@@ -98,19 +83,33 @@ def test_train_and_evaluate_writes_every_output(tmp_path):
     assert set(REQUIRED_METRICS) <= set(metrics)
     assert all(v == -1 or 0 <= v <= 1 for k, v in metrics.items() if k != "order/pairs")
     results = json.loads((workdir / "results_val.json").read_text())
-    gt = json.loads((tmp_path / "data" / "raw" / "annotations" / "val.json").read_text())
+    gt = json.loads((tiny_run.raw / "annotations" / "val.json").read_text())
     assert results and {r["image_id"] for r in results} <= {image["id"] for image in gt["images"]}
     for entry in results:
         assert RESULT_KEYS <= set(entry)
     assert sorted(os.listdir(workdir / "pictures")) == ["val_00.png", "val_01.png"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-    # A second invocation resumes at the end: it trains no step and evaluates again.
-    again = run_main(f"--workdir={workdir}", f"--config.data.dir={records}", "--config.train.num_steps=2",
-                     "--config.optim.learning_rate=0.001", "--mode=evaluate")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Evaluation at step 2" in again.stderr
-    assert json.loads((workdir / "metrics.json").read_text()) == metrics
-    # Without --config the workdir's saved config serves: its records and val annotations.
-    saved_run = run_main(f"--workdir={workdir}", "--mode=evaluate", config=None)
-    assert saved_run.returncode == 0, saved_run.stderr[-3000:]
-    assert json.loads((workdir / "metrics.json").read_text()) == metrics
+    # Two more invocations, each on its own copy of the workdir (the session's stays as the
+    # run left it), run side by side:
+    # a second invocation resumes at the end: it trains no step and evaluates again;
+    again_dir, saved_dir = tmp_path / "again", tmp_path / "saved"
+    for copy in (again_dir, saved_dir):
+        shutil.copytree(workdir, copy)
+        os.remove(copy / "metrics.json")  # each must write its own
+    again = start_main(f"--workdir={again_dir}", f"--config.data.dir={records}",
+                       "--config.train.num_steps=2", "--config.optim.learning_rate=0.001",
+                       "--mode=evaluate")
+    # without --config the workdir's saved config serves: its records and val annotations.
+    saved_run = start_main(f"--workdir={saved_dir}", "--mode=evaluate", config=None)
+    try:
+        again_err = again.communicate(timeout=1500)[1]
+        saved_err = saved_run.communicate(timeout=1500)[1]
+    finally:
+        for process in (again, saved_run):
+            if process.poll() is None:
+                process.kill()
+    assert again.returncode == 0, again_err[-3000:]
+    assert "Evaluation at step 2" in again_err
+    assert json.loads((again_dir / "metrics.json").read_text()) == metrics
+    assert saved_run.returncode == 0, saved_err[-3000:]
+    assert json.loads((saved_dir / "metrics.json").read_text()) == metrics

@@ -7,20 +7,33 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code: str) -> str:
+def _start(code: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "JAX_THREEFRY_PARTITIONABLE"}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _output(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return out.strip()
+
+
+def _run(code: str) -> str:
+    return _output(_start(code))
 
 
 def test_importing_the_package_leaves_the_prng_setting_alone():
-    default = _run("import jax; print(jax.config.jax_threefry_partitionable)")
-    code = ("import jax, sln_jax, sln_jax.train, sln_jax.infer, sln_jax.main; "
-            "print(jax.config.jax_threefry_partitionable)")
-    assert _run(code) == default
-    assert _run("import jax; from sln_jax import train_state; "
-                "train_state.use_classic_prng(); "
-                "print(jax.config.jax_threefry_partitionable)") == "False"
+    # Three fresh interpreters, started side by side.
+    default, imported, classic = (_start(code) for code in (
+        "import jax; print(jax.config.jax_threefry_partitionable)",
+        "import jax, sln_jax, sln_jax.train, sln_jax.infer, sln_jax.main; "
+        "print(jax.config.jax_threefry_partitionable)",
+        "import jax; from sln_jax import train_state; train_state.use_classic_prng(); "
+        "print(jax.config.jax_threefry_partitionable)"))
+    default = _output(default)
+    assert _output(imported) == default
+    assert _output(classic) == "False"
 
 
 def test_entry_points_select_the_classic_prng():

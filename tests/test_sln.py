@@ -149,9 +149,13 @@ def _best_iou(gt_mask: np.ndarray, instances: list[dict]) -> float:
 @pytest.mark.parametrize("head,dtype", [("layers", "float32"), ("semdist", "float32"),
                                         ("layers", "bfloat16")])
 def test_overfit_two_images(head, dtype):
-    """2 drawn 128 x 128 scenes, tiny backbone, 200 Adam steps: loss down >= 5x and every GT
+    """2 drawn 128 x 128 scenes, tiny backbone, 125 Adam steps: loss down >= 5x and every GT
     amodal mask recovered with IoU >= 0.7 by the decoded detections; in float32 and in mixed
-    precision (bfloat16 compute, float32 parameters, losses and optimizer state)."""
+    precision (bfloat16 compute, float32 parameters, losses and optimizer state).
+
+    Measured at 125 steps (layers-float32, semdist-float32, layers-bfloat16): loss down 26x,
+    59x, 50x; worst IoU 0.92, 0.92, 0.90 (at 100 steps already 18x, 29x, 33x and 0.86, 0.90,
+    0.86; at 200, 48x, 51x, 51x and 0.94, 0.92, 0.92)."""
     cfg = model_config(fpn_dim=32, backbone_width=8, head=head, score_threshold=0.3,
                        dtype=dtype)
     batch = scene_batch(S, num_layers=cfg.num_layers)
@@ -173,7 +177,7 @@ def test_overfit_two_images(head, dtype):
         return optax.apply_updates(params, updates), opt_state, loss
 
     history = []
-    for i in range(200):
+    for i in range(125):
         params, opt_state, loss = step(params, opt_state, jax.random.key(i + 1))
         history.append(float(loss))
     assert history[0] / np.mean(history[-10:]) >= 5, history[::20]
