@@ -168,7 +168,8 @@ def test_one_train_step_on_tiny_config(trainer):
     state, metrics = trainer.train_step(state, batch)
     metrics = jax.device_get(metrics)
     assert int(state.step) == 1
-    expected = {f"loss/{t}" for t in ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "glm")}
+    expected = {f"loss/{t}" for t in ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "glm",
+                                      "order")}
     assert expected | {"loss/total", "grad_norm", "finite"} == set(metrics)
     assert all(np.isfinite(v) for v in metrics.values()) and metrics["finite"] == 1.0
     weights = trainer.config.loss

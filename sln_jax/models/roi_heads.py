@@ -266,8 +266,10 @@ class OrderHead(nn.Module):
         h = jnp.concatenate([local, overlap2 * first, overlap2 * second, first, second,
                              overlap2], axis=-1)
         h = nn.relu(nn.Dense(self.features, dtype=self.dtype, name="fc")(h))
-        score = nn.Dense(1, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
-                         name="score")(h)[:, 0].astype(jnp.float32)
+        # No bias: it cancels in f(a, b) - f(b, a), so its gradient is 0 up to float
+        # reordering, which Adam would blow up into updates that differ between device counts.
+        score = nn.Dense(1, use_bias=False, kernel_init=nn.initializers.normal(0.01),
+                         dtype=self.dtype, name="score")(h)[:, 0].astype(jnp.float32)
         return score[:p] - score[p:]
 
 
