@@ -188,7 +188,8 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         return out[..., 0], out[..., 1:].sum(axis=-1)
 
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
-        if not np.any(amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]):
+        both = amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]
+        if not both.any():
             if rule == "hidden_else_score":  # boxes overlap, masks do not: the score
                 sign = np.sign(float(scores[i]) - float(scores[j]))
                 order[i, j], order[j, i] = sign, -sign
@@ -201,7 +202,6 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         if rule == "soft":
             sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
         else:
-            both = amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]
             sign = np.sign(_mean_hidden(seen_j, hidden_j, both)
                            - _mean_hidden(seen_i, hidden_i, both))
             if sign == 0:

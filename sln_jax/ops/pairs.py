@@ -104,14 +104,7 @@ def resample_maps(maps: jax.Array, boxes: jax.Array, targets: jax.Array,
       float [P, r, r, C]: at each cell centre of ``targets[p]``, the cell of map p holding
       it, or 0 outside ``boxes[p]``.
     """
-    r_in = maps.shape[1]
-    ys, xs = sampling.crop_coordinates(targets, boxes, r_in, output_size)
-    inside = ((ys >= 0) & (ys < r_in))[:, :, None] & ((xs >= 0) & (xs < r_in))[:, None, :]
-    yi = jnp.clip(jnp.floor(ys), 0, r_in - 1).astype(jnp.int32)
-    xi = jnp.clip(jnp.floor(xs), 0, r_in - 1).astype(jnp.int32)
-    n = maps.shape[0]
-    values = maps[jnp.arange(n)[:, None, None], yi[:, :, None], xi[:, None, :]]
-    return jnp.where(inside[..., None], values, jnp.zeros((), maps.dtype))
+    return sampling.resample_nearest(maps, boxes, targets, output_size, 0)
 
 
 def box_indicator(boxes: jax.Array, frames: jax.Array, output_size: int) -> jax.Array:

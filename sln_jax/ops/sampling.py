@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from sln_jax.ops import boxes as box_ops
 
 __all__ = ["rpn_targets", "sample_rois", "roi_layer_targets", "roi_semdist_targets",
-           "crop_coordinates"]
+           "crop_coordinates", "resample_nearest"]
 
 
 def _random_ranks(key: jax.Array, members: jax.Array) -> jax.Array:
@@ -201,14 +201,31 @@ def roi_layer_targets(rois: jax.Array, gt_boxes: jax.Array, gt_layers: jax.Array
     """
     gt_layers = jnp.asarray(gt_layers)
     _check_crops(gt_layers, jnp.asarray(rois), jnp.asarray(gt_boxes), "roi_layer_targets")
-    p = gt_layers.shape[1]
-    ys, xs = crop_coordinates(rois, gt_boxes, p, output_size)
+    return resample_nearest(gt_layers.astype(jnp.int32), gt_boxes, rois, output_size, -1)
+
+
+def resample_nearest(crops: jax.Array, crop_boxes: jax.Array, rois: jax.Array,
+                     output_size: int, fill) -> jax.Array:
+    """Box crops moved onto other boxes' grids, nearest cell.
+
+    Args:
+      crops: [N, P, P, ...] crop n covering ``crop_boxes[n]`` evenly.
+      crop_boxes: float32 [N, 4]; rois: float32 [N, 4] the boxes to sample on.
+      output_size: static int R.
+      fill: the value where an output cell centre lies outside the crop's box.
+
+    Returns:
+      [N, R, R, ...] in the crops' dtype: the crop cell holding each output cell centre.
+    """
+    p = crops.shape[1]
+    ys, xs = crop_coordinates(rois, crop_boxes, p, output_size)
     inside = ((ys >= 0) & (ys < p))[:, :, None] & ((xs >= 0) & (xs < p))[:, None, :]
     yi = jnp.clip(jnp.floor(ys), 0, p - 1).astype(jnp.int32)
     xi = jnp.clip(jnp.floor(xs), 0, p - 1).astype(jnp.int32)
-    n = gt_layers.shape[0]
-    values = gt_layers[jnp.arange(n)[:, None, None], yi[:, :, None], xi[:, None, :]]
-    return jnp.where(inside, values.astype(jnp.int32), -1)
+    n = crops.shape[0]
+    values = crops[jnp.arange(n)[:, None, None], yi[:, :, None], xi[:, None, :]]
+    inside = inside.reshape(inside.shape + (1,) * (crops.ndim - 3))
+    return jnp.where(inside, values, jnp.asarray(fill, crops.dtype))
 
 
 def roi_semdist_targets(rois: jax.Array, gt_boxes: jax.Array, gt_semdist: jax.Array,
