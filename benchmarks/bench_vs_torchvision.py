@@ -209,6 +209,7 @@ class JaxSide:
         self.state = train_state.create_train_state(model, tx, 0, (batch, size, size, 3), mesh)
         jax.block_until_ready(self.state)
         self.init_s = time.perf_counter() - start
+        runtime.release_host_memory()  # as sln_jax.train does after compiling
         self.batch = train.shard_batch({k: v[None] for k, v in self.batch_np.items()}, mesh)
         loss_fn = lambda outputs: losses.compute(outputs, config.loss)  # noqa: E731
         self.step_fn = train.jit_train_step(loss_fn, mesh)
@@ -217,6 +218,7 @@ class JaxSide:
         start = time.perf_counter()
         self.compiled_step = self.step_fn.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start
+        runtime.release_host_memory()
 
         images = self.batch["image"]
 

@@ -110,10 +110,15 @@ def _whole_map_reference(layers, k):
 @settings(max_examples=60, deadline=None)
 @given(scenes(), st.integers(2, 5))
 def test_windowed_encode_equals_whole_map_definition(scene, k):
-    # encode works per instance box and per level box; the result must be bit-identical
-    # to the whole-map transforms, including instances cut by the image edge.
+    # encode works per instance box and per level box; the result must equal the whole-map
+    # transforms, including instances cut by the image edge. Equal up to one float32 ulp:
+    # about 1 example in 3000 differed by 1 ulp in the fraction (2.6575959 vs 2.657596), and
+    # the same input compared equal when rerun in one process 3000 times (OpenCV's vector
+    # paths vary with the buffers' addresses). The levels are exact.
     layers = layering.instance_layers(scene["amodal"], scene["order"])
-    np.testing.assert_array_equal(semdist.encode(layers, k), _whole_map_reference(layers, k))
+    encoded, reference = semdist.encode(layers, k), _whole_map_reference(layers, k)
+    np.testing.assert_array_max_ulp(encoded, reference, maxulp=1)
+    np.testing.assert_array_equal(np.floor(encoded), np.floor(reference))
 
 
 def test_encode_window_counts_and_border():
