@@ -149,7 +149,8 @@ class TorchSide:
 
 
 def paper_config(size: int, instances: int):
-    """configs/cocoa.py (the paper's model settings, K = 4, one class) at image size S."""
+    """configs/cocoa.py (the paper's model settings, K = 4, one class) at image size S, with
+    torchvision's backbone, ResNet-50 (the paper's base config has ResNet-101)."""
     sys.path.insert(0, ROOT)
     import importlib.util
     spec = importlib.util.spec_from_file_location("paper_config",
@@ -157,6 +158,9 @@ def paper_config(size: int, instances: int):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
+    # The peer is maskrcnn_resnet50_fpn: the same depth on both sides (until commit 62380ea
+    # this side ran the base config's ResNet-101, twice ResNet-50's FLOPs).
+    config.model.backbone = "resnet50"
     config.data.image_size = size
     config.data.num_classes = 1
     config.data.num_layers = NUM_LAYERS
