@@ -82,9 +82,9 @@ def semantic_channels(config) -> int:
       ValueError: ``config.data.semantic_channels`` is not that (maps are made when, and
         only when, the model takes them).
     """
-    semantic = bool(config.synthetic.get("semantic", False))
+    semantic = bool(config.synthetic.semantic)
     want = int(config.data.num_classes) + 1
-    channels = int(config.data.get("semantic_channels", 0) or 0)
+    channels = int(config.data.semantic_channels)
     if channels != (want if semantic else 0):
         raise ValueError(
             f"config.synthetic.semantic = {semantic} but config.model.semantic_channels = "
