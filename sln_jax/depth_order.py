@@ -106,15 +106,18 @@ def from_masks(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
 
 def _box_overlaps(boxes: np.ndarray, n: int):
     """(i, j, (top, left, bottom, right)) for each pair i < j of the first n boxes whose
-    pixel-rounded overlap window is not empty."""
-    for i in range(n):
-        for j in range(i + 1, n):
-            top = int(np.floor(max(boxes[i, 0], boxes[j, 0])))
-            left = int(np.floor(max(boxes[i, 1], boxes[j, 1])))
-            bottom = int(np.ceil(min(boxes[i, 2], boxes[j, 2])))
-            right = int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
-            if bottom > top and right > left:
-                yield i, j, (top, left, bottom, right)
+    pixel-rounded overlap window is not empty, i then j ascending."""
+    boxes = np.asarray(boxes, np.float64)[:n].reshape(-1, 4)
+    # All pairs at once: a Python double loop over 100 detections (4950 pairs) cost ~20 ms
+    # per image in post-processing.
+    top = np.floor(np.maximum.outer(boxes[:, 0], boxes[:, 0])).astype(np.int64)
+    left = np.floor(np.maximum.outer(boxes[:, 1], boxes[:, 1])).astype(np.int64)
+    bottom = np.ceil(np.minimum.outer(boxes[:, 2], boxes[:, 2])).astype(np.int64)
+    right = np.ceil(np.minimum.outer(boxes[:, 3], boxes[:, 3])).astype(np.int64)
+    pairs = np.triu((bottom > top) & (right > left), k=1)
+    for i, j in zip(*np.nonzero(pairs)):
+        i, j = int(i), int(j)
+        yield i, j, (int(top[i, j]), int(left[i, j]), int(bottom[i, j]), int(right[i, j]))
 
 
 def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
@@ -130,6 +133,7 @@ def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
     n = len(layers)
     order = np.zeros((n, n), np.int8)
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
+        top, left = max(top, 0), max(left, 0)  # a negative start would slice from the end
         window = np.stack([layers[i][top:bottom, left:right],
                            layers[j][top:bottom, left:right]])
         if learned is not None and learned[i, j] and np.any((window >= 0).all(axis=0)):
@@ -175,19 +179,37 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         raise ValueError("depth order rule 'hidden_else_score' needs the detection scores")
     n = len(windows)
     order = np.zeros((n, n), np.int8)
+    if n == 0:
+        return order
+    height, width = amodal[0].shape
+    # Per detection, once: P(visible), P(hidden) and (for 'hidden_else_score') P(hidden |
+    # object) on its window; each pair then reads views of them on its overlap. Cutting
+    # zero-padded copies per pair made the depth order ~80 % of post-processing (100
+    # detections at 256 px: ~300 of ~400 ms on overlapping random boxes).
+    seen, hidden, conditional = [], [], []
+    for _, _, probs in windows:
+        seen.append(probs[..., 0])
+        hidden.append(probs[..., 1:].sum(axis=-1))
+        if rule == "hidden_else_score":
+            conditional.append(_conditional_hidden(seen[-1], hidden[-1]))
 
-    def cut(k, top, left, bottom, right):
+    def view(maps, k, top, left, bottom, right):
         t, l, probs = windows[k]
-        probs = probs[max(top - t, 0):max(bottom - t, 0), max(left - l, 0):max(right - l, 0)]
-        # The window may be smaller than the pair's box overlap (it is clipped to the box);
-        # outside it the detection's probabilities are 0.
-        out = np.zeros((bottom - top, right - left, probs.shape[-1]), np.float32)
+        if t <= top and l <= left and bottom <= t + probs.shape[0] and right <= l + probs.shape[1]:
+            return maps[k][top - t:bottom - t, left - l:right - l]
+        # A window smaller than the pair's overlap (not one ``layering.paste_window``
+        # made for these boxes): outside it the detection's probabilities are 0.
+        out = np.zeros((bottom - top, right - left), np.float32)
+        cut = maps[k][max(top - t, 0):max(bottom - t, 0), max(left - l, 0):max(right - l, 0)]
         oy, ox = max(t - top, 0), max(l - left, 0)
-        out[oy:oy + probs.shape[0], ox:ox + probs.shape[1]] = probs[:out.shape[0] - oy,
-                                                                    :out.shape[1] - ox]
-        return out[..., 0], out[..., 1:].sum(axis=-1)
+        out[oy:oy + cut.shape[0], ox:ox + cut.shape[1]] = cut[:out.shape[0] - oy,
+                                                              :out.shape[1] - ox]
+        return out
 
     for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
+        # Amodal masks are image-sized: the overlap is read inside the image.
+        top, left = max(top, 0), max(left, 0)
+        bottom, right = min(bottom, height), min(right, width)
         both = amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]
         if not both.any():
             if rule == "hidden_else_score":  # boxes overlap, masks do not: the score
@@ -197,22 +219,20 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
         if learned is not None and learned[i, j]:
             order[i, j], order[j, i] = learned[i, j], -learned[i, j]
             continue
-        seen_i, hidden_i = cut(i, top, left, bottom, right)
-        seen_j, hidden_j = cut(j, top, left, bottom, right)
+        rect = (top, left, bottom, right)
         if rule == "soft":
-            sign = np.sign(float(np.sum(seen_i * hidden_j)) - float(np.sum(seen_j * hidden_i)))
+            sign = np.sign(float(np.sum(view(seen, i, *rect) * view(hidden, j, *rect)))
+                           - float(np.sum(view(seen, j, *rect) * view(hidden, i, *rect))))
         else:
-            sign = np.sign(_mean_hidden(seen_j, hidden_j, both)
-                           - _mean_hidden(seen_i, hidden_i, both))
+            sign = np.sign(float(view(conditional, j, *rect)[both].mean())
+                           - float(view(conditional, i, *rect)[both].mean()))
             if sign == 0:
                 sign = np.sign(float(scores[i]) - float(scores[j]))
         order[i, j], order[j, i] = sign, -sign
     return order
 
 
-def _mean_hidden(seen: np.ndarray, hidden: np.ndarray, on: np.ndarray) -> float:
-    """Mean over the pixels ``on`` of P(hidden | object) = hidden / (seen + hidden) (0 where
-    the object has probability 0)."""
+def _conditional_hidden(seen: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """P(hidden | object) = hidden / (seen + hidden), 0 where the object has probability 0."""
     total = seen + hidden
-    conditional = np.where(total > 0, hidden / np.where(total > 0, total, 1.0), 0.0)
-    return float(conditional[on].mean()) if on.any() else 0.0
+    return np.where(total > 0, hidden / np.where(total > 0, total, 1.0), 0.0)
