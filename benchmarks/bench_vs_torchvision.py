@@ -329,6 +329,27 @@ def spread(values: list[float]) -> str:
     return " / ".join(f"{v:.0f}" for v in values)
 
 
+def timing_table(results: dict) -> list[str]:
+    """Lines of the timing table: per op ('train', 'infer', 'backbone') the per-round ms of
+    each side ({'jax': [...], 'torch': [...]}, torch empty when not run) and their ratios,
+    then the heads (step - backbone)."""
+    label = {"train": "train step", "infer": "inference", "backbone": "backbone+FPN fwd+bwd"}
+    rows = [(label[op], sides["jax"], sides["torch"]) for op, sides in results.items()]
+    train, backbone = results["train"], results["backbone"]
+    rows.append(("heads (step - backbone)",
+                 [t - b for t, b in zip(train["jax"], backbone["jax"])],
+                 [t - b for t, b in zip(train["torch"], backbone["torch"])]))
+    table = [("ms per image, rounds", "sln-jax", "torchvision", "ratio")]
+    for name, jax_ms, torch_ms in rows:
+        table.append((name, spread(jax_ms), spread(torch_ms) or "-",
+                      " / ".join(f"{j / t:.2f}x" for j, t in zip(jax_ms, torch_ms)) or "-"))
+    # Columns as wide as their longest cell: with more rounds the spreads grow.
+    widths = [max(28, max(len(row[0]) for row in table))]
+    widths += [max(len(row[c]) for row in table) + 3 for c in range(1, 4)]
+    return [f"{row[0]:<{widths[0]}}" + "".join(f"{cell:>{w}}" for cell, w in
+                                               zip(row[1:], widths[1:])) for row in table]
+
+
 def run_size(size: int, args) -> None:
     print(f"\n=== {size} px, batch {args.batch}, {args.instances} instances per image ===",
           flush=True)
@@ -345,17 +366,7 @@ def run_size(size: int, args) -> None:
                     results[op][name].append(w.ask(op, args.steps)["ms"])
     jinfo = jax_worker.ask("info")
     tinfo = torch_worker.ask("info") if torch_worker else None
-    label = {"train": "train step", "infer": "inference", "backbone": "backbone+FPN fwd+bwd"}
-    print(f"{'ms per image, rounds':<28}{'sln-jax':>20}{'torchvision':>20}{'ratio':>20}")
-    for op, sides in results.items():
-        jax_ms, torch_ms = sides["jax"], sides["torch"]
-        ratios = [j / t for j, t in zip(jax_ms, torch_ms)] if torch_ms else []
-        print(f"{label[op]:<28}{spread(jax_ms):>20}{spread(torch_ms) or '-':>20}"
-              f"{' / '.join(f'{r:.2f}x' for r in ratios) or '-':>20}")
-    heads_j = [t - b for t, b in zip(results["train"]["jax"], results["backbone"]["jax"])]
-    heads_t = [t - b for t, b in zip(results["train"]["torch"], results["backbone"]["torch"])]
-    print(f"{'heads (step - backbone)':<28}{spread(heads_j):>20}{spread(heads_t) or '-':>20}"
-          f"{' / '.join(f'{j / t:.2f}x' for j, t in zip(heads_j, heads_t)) or '-':>20}")
+    print("\n".join(timing_table(results)))
     print(f"sln-jax compile of the train step: {jinfo['compile_s']:.1f} s; step "
           f"{jinfo['step_gflops']:.1f} GFLOP, {jinfo['step_gb']:.1f} GB accessed (XLA cost "
           f"analysis, whole batch)")

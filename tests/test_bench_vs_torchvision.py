@@ -1,5 +1,7 @@
 """benchmarks/bench_vs_torchvision.py: the sln-jax side is the matched configuration."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,3 +33,23 @@ def test_random_batch_layout():
     assert (boxes[..., 2:] > boxes[..., :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
     # GT depth ranks (the order head's labels): a permutation per image.
     assert (np.sort(batch["order"], axis=1) == np.arange(10)).all()
+
+
+def test_timing_table_columns_stay_apart_with_many_rounds():
+    results = {"train": {"jax": [7372.0, 6201.0, 5960.0, 6629.0],
+                         "torch": [5180.0, 5357.0, 6032.0, 6575.0]},
+               "infer": {"jax": [2447.0, 2922.0, 2430.0, 2758.0],
+                         "torch": [1416.0, 2734.0, 2106.0, 2761.0]},
+               "backbone": {"jax": [2964.0, 2933.0, 3001.0, 3072.0],
+                            "torch": [2280.0, 2233.0, 2076.0, 2386.0]}}
+    lines = bench.timing_table(results)
+    assert len(lines) == 5 and len({len(line) for line in lines}) == 1  # aligned
+    # Cells are separated by at least two spaces (4 rounds once ran "6629" into "5180").
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    assert cells[0] == ["ms per image, rounds", "sln-jax", "torchvision", "ratio"]
+    assert cells[1] == ["train step", "7372 / 6201 / 5960 / 6629", "5180 / 5357 / 6032 / 6575",
+                        "1.42x / 1.16x / 0.99x / 1.01x"]
+    assert cells[4][:2] == ["heads (step - backbone)", "4408 / 3268 / 2959 / 3557"]
+    jax_only = bench.timing_table({op: {"jax": sides["jax"], "torch": []}
+                                   for op, sides in results.items()})
+    assert re.split(r"\s{2,}", jax_only[1].strip())[2:] == ["-", "-"]
