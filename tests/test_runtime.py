@@ -138,3 +138,55 @@ def test_release_host_memory_returns_freed_heap_holes_to_the_os():
     assert released == "True"
     assert float(before) > 150  # ~230 MB of freed 60 KB blocks still resident
     assert float(after) < 0.3 * float(before)
+
+
+MALLOC = """
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from sln_jax import runtime
+if sys.argv[1:] == ['on']:
+    runtime.configure_cpu()  # as every CLI does; it applies configure_malloc
+libc = ctypes.CDLL(ctypes.util.find_library('c'))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+# Each new thread that allocates gets an arena of its own, up to the limit; the barrier keeps
+# all 6 alive together so none hands its arena on.
+barrier = threading.Barrier(6)
+blocks = []
+def work():
+    blocks.append(libc.malloc(4096))
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+path = os.path.join(tempfile.mkdtemp(), 'info.xml')
+f = libc.fopen(path.encode(), b'w')
+libc.malloc_info(0, f)
+libc.fclose(f)
+heaps = open(path).read().count('<heap nr=')
+# What configure_malloc applies (idempotent), reported after the measurement.
+applied = runtime.configure_malloc() if sys.argv[1:] == ['on'] else {}
+print(sorted(applied), heaps)
+"""
+
+
+def _malloc_probe(on: bool, **env) -> list[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    result = subprocess.run([sys.executable, "-c", MALLOC] + (["on"] if on else []),
+                            capture_output=True, text=True, cwd=ROOT, env=dict(base, **env),
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().rsplit(None, 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_configure_malloc_caps_the_arenas_at_two():
+    # glibc's default: the main arena and one per allocating thread (the cap is 8 per core).
+    names, heaps = _malloc_probe(False)
+    assert names == "[]" and int(heaps) >= 7
+    # configure_cpu (as every CLI calls it): at most 2, however many threads allocate.
+    names, heaps = _malloc_probe(True)
+    assert names == "['arena_max']" and int(heaps) == 2
+    # A value the user exported is left alone (glibc reads it at start-up).
+    names, heaps = _malloc_probe(True, MALLOC_ARENA_MAX="3")
+    assert names == "[]" and int(heaps) == 3
