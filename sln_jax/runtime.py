@@ -20,9 +20,8 @@ import os
 import sys
 import warnings
 
-__all__ = ["CPU_XLA_FLAGS", "MALLOC_SETTINGS", "TENSORFLOW_NOTICES", "configure_cpu",
-           "configure_malloc", "import_tensorflow", "quiet_jax_logs", "release_host_memory",
-           "xla_flags_with"]
+__all__ = ["CPU_XLA_FLAGS", "TENSORFLOW_NOTICES", "configure_cpu", "import_tensorflow",
+           "quiet_jax_logs", "release_host_memory", "xla_flags_with"]
 
 # Lines TensorFlow's C++ start-up writes to stderr that report no problem: the oneDNN notice,
 # the CPU-feature notice (and its second line) and absl's pre-initialization banner. TF >= 2.16
@@ -47,13 +46,11 @@ def xla_flags_with(flags: str, extra: dict[str, str]) -> str:
 
 
 def configure_cpu() -> str:
-    """Adds ``CPU_XLA_FLAGS`` to ``os.environ['XLA_FLAGS']`` and applies ``configure_malloc``;
-    returns the new XLA_FLAGS.
+    """Adds ``CPU_XLA_FLAGS`` to ``os.environ['XLA_FLAGS']``; returns the new value.
 
     Must run before JAX initializes a backend (the first computation or device query);
     later calls warn and change nothing, since XLA reads the flags once per process.
     """
-    configure_malloc()
     new = xla_flags_with(os.environ.get("XLA_FLAGS", ""), CPU_XLA_FLAGS)
     if new == os.environ.get("XLA_FLAGS", ""):
         return new
@@ -64,60 +61,6 @@ def configure_cpu() -> str:
         return os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = new
     return new
-
-
-# glibc's mallopt parameter (malloc.h) and the environment variable that sets it at start-up.
-_M_ARENA_MAX = -8
-# name -> (mallopt parameter, value, environment variable that, when set, wins).
-MALLOC_SETTINGS = {
-    # At most 2 heaps (glibc's default is 8 per core): every XLA thread that allocates
-    # otherwise gets an arena of its own, each fragmenting apart. A fixed mmap threshold
-    # (1 MiB) cut the peak further but made the main job's step 18 % slower (page faults of
-    # its freshly mapped outputs every step): not set.
-    "arena_max": (_M_ARENA_MAX, 2, "MALLOC_ARENA_MAX"),
-}
-
-
-def _libc():
-    """The process's glibc (ctypes), or None (musl, macOS, no C library found)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None:
-            libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def configure_malloc() -> dict[str, int]:
-    """Sets glibc's allocator for a process that runs XLA steps (``MALLOC_SETTINGS``);
-    returns {name: value} of the settings applied (empty off glibc).
-
-    Measured on the paper config at 256 px (ResNet-50, batch 2; train, inference and the
-    backbone alternated twice as ``benchmarks/bench_vs_torchvision.py`` does, 4 runs without
-    and 2 with): peak RSS 2649-2790 MB with glibc's defaults, 2488-2550 MB with at most 2
-    arenas; the train step 2641-3030 vs 2566-2856 ms per image, the main job's step (8 images
-    at 128 px) 290-294 vs 286-302 ms (the VM's noise). A setting whose environment variable the
-    user exported is left to it. Called by ``configure_cpu``; the arena limit applies to
-    the threads created afterwards, so call it before JAX starts.
-    """
-    import ctypes
-
-    libc = _libc()
-    if libc is None:
-        return {}
-    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    applied = {}
-    for name, (parameter, value, variable) in MALLOC_SETTINGS.items():
-        if variable in os.environ:
-            continue
-        if libc.mallopt(parameter, value) == 1:
-            applied[name] = value
-    return applied
 
 
 def import_tensorflow():
@@ -173,11 +116,16 @@ def release_host_memory() -> bool:
     buffers are untouched; costs a few milliseconds.
     """
     import ctypes
+    import ctypes.util
 
-    libc = _libc()
-    if libc is None:  # not glibc (musl, macOS): nothing to release
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = libc.malloc_trim if libc is not None else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to release
         return False
-    trim = libc.malloc_trim
+    if trim is None:
+        return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True
