@@ -104,10 +104,13 @@ def from_masks(amodal: np.ndarray, visible: np.ndarray) -> np.ndarray:
         return np.sign(evidence - evidence.T).astype(np.int8)
 
 
-def _box_overlaps(boxes: np.ndarray, n: int):
+def _box_overlaps(boxes: np.ndarray, n: int, image_size: tuple[int, int]):
     """(i, j, (top, left, bottom, right)) for each pair i < j of the first n boxes whose
-    pixel-rounded overlap window is not empty, i then j ascending."""
+    pixel-rounded overlap window is not empty, i then j ascending; the window is clipped to
+    the image (``image_size`` (H, W)), so it slices image-sized maps as it reads (a negative
+    start would slice from the far end) and may be empty where the boxes meet outside it."""
     boxes = np.asarray(boxes, np.float64)[:n].reshape(-1, 4)
+    height, width = image_size
     # All pairs at once: a Python double loop over 100 detections (4950 pairs) cost ~20 ms
     # per image in post-processing.
     top = np.floor(np.maximum.outer(boxes[:, 0], boxes[:, 0])).astype(np.int64)
@@ -117,7 +120,8 @@ def _box_overlaps(boxes: np.ndarray, n: int):
     pairs = np.triu((bottom > top) & (right > left), k=1)
     for i, j in zip(*np.nonzero(pairs)):
         i, j = int(i), int(j)
-        yield i, j, (int(top[i, j]), int(left[i, j]), int(bottom[i, j]), int(right[i, j]))
+        yield i, j, (min(max(int(top[i, j]), 0), height), min(max(int(left[i, j]), 0), width),
+                     min(max(int(bottom[i, j]), 0), height), min(max(int(right[i, j]), 0), width))
 
 
 def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
@@ -132,8 +136,9 @@ def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,
     """
     n = len(layers)
     order = np.zeros((n, n), np.int8)
-    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
-        top, left = max(top, 0), max(left, 0)  # a negative start would slice from the end
+    if n == 0:
+        return order
+    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n, layers[0].shape):
         window = np.stack([layers[i][top:bottom, left:right],
                            layers[j][top:bottom, left:right]])
         if learned is not None and learned[i, j] and np.any((window >= 0).all(axis=0)):
@@ -181,7 +186,6 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
     order = np.zeros((n, n), np.int8)
     if n == 0:
         return order
-    height, width = amodal[0].shape
     # Per detection, once: P(visible), P(hidden) and (for 'hidden_else_score') P(hidden |
     # object) on its window; each pair then reads views of them on its overlap. Cutting
     # zero-padded copies per pair made the depth order ~80 % of post-processing (100
@@ -206,10 +210,7 @@ def from_probability_windows(windows: list[tuple[int, int, np.ndarray]], amodal:
                                                               :out.shape[1] - ox]
         return out
 
-    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n):
-        # Amodal masks are image-sized: the overlap is read inside the image.
-        top, left = max(top, 0), max(left, 0)
-        bottom, right = min(bottom, height), min(right, width)
+    for i, j, (top, left, bottom, right) in _box_overlaps(boxes, n, amodal[0].shape):
         both = amodal[i][top:bottom, left:right] & amodal[j][top:bottom, left:right]
         if not both.any():
             if rule == "hidden_else_score":  # boxes overlap, masks do not: the score

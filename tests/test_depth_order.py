@@ -100,18 +100,43 @@ def test_windows_smaller_than_the_overlap_read_as_zero():
 
 def test_box_overlaps_lists_every_overlapping_pair_in_order():
     rng = np.random.default_rng(0)
-    y1x1 = rng.uniform(0, 50, (30, 2))
+    y1x1 = rng.uniform(-10, 50, (30, 2))
     boxes = np.concatenate([y1x1, y1x1 + rng.uniform(0.2, 20, (30, 2))], axis=1)
-    got = list(depth_order._box_overlaps(boxes, 30))
+    got = list(depth_order._box_overlaps(boxes, 30, (45, 40)))
     expected = []
     for i in range(30):
         for j in range(i + 1, 30):
             top, left = int(np.floor(max(boxes[i, 0], boxes[j, 0]))), int(np.floor(max(boxes[i, 1], boxes[j, 1])))
             bottom, right = int(np.ceil(min(boxes[i, 2], boxes[j, 2]))), int(np.ceil(min(boxes[i, 3], boxes[j, 3])))
             if bottom > top and right > left:
-                expected.append((i, j, (top, left, bottom, right)))
+                # Clipped to the 45 x 40 image, as the callers slice image-sized maps.
+                expected.append((i, j, tuple(int(np.clip(v, 0, size)) for v, size in
+                                             zip((top, left, bottom, right), (45, 40, 45, 40)))))
     assert got == expected and 0 < len(got) < 435
-    assert list(depth_order._box_overlaps(boxes, 0)) == []
+    assert any(t == 0 for _, _, (t, _, _, _) in got)  # some pairs reach past the top edge
+    assert list(depth_order._box_overlaps(boxes, 0, (45, 40))) == []
+
+
+def test_boxes_meeting_above_the_image_read_nothing():
+    """Two boxes whose overlap lies wholly above the image: the overlap window is empty (a
+    negative end would have sliced nearly the whole image), so no order is read from the
+    maps; under 'hidden_else_score' the pair is ordered by score, as any box-overlapping pair
+    whose masks do not meet."""
+    size = 12
+    boxes = np.array([[-6, 0, -1, 8], [-5, 2, 10, 12]], np.float32)
+    layers = [np.full((size, size), -1, np.int32), np.full((size, size), -1, np.int32)]
+    layers[0][0:8, 0:8] = 0  # maps that would overlap if rows 0..7 were read
+    layers[1][0:10, 2:12] = 1
+    assert depth_order.from_layer_windows(layers, boxes)[0, 1] == 0
+    probs = [np.zeros((size, size, 2), np.float32) for _ in range(2)]
+    probs[0][0:8, 0:8] = (0.9, 0.05)
+    probs[1][0:10, 2:12] = (0.1, 0.85)
+    amodal = [p.sum(-1) > 0.5 for p in probs]
+    windows = [(0, 0, probs[0]), (0, 0, probs[1])]
+    assert depth_order.from_probability_windows(windows, amodal, boxes)[0, 1] == 0
+    order = depth_order.from_probability_windows(windows, amodal, boxes, rule="hidden_else_score",
+                                                 scores=np.array([0.2, 0.9]))
+    assert order[0, 1] == -1 and order[1, 0] == 1
 
 
 def test_layer_windows_read_boxes_past_the_top_left_edge():
