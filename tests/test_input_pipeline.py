@@ -395,3 +395,30 @@ def test_semantic_config_without_maps_fails_at_start(data_dir):
     with pytest.raises(ValueError, match="the TFDS datasets hold no semantic maps"):
         input_pipeline.create_dataset(_config(data_dir, semantic_channels=5, source="tfds"),
                                       "train", batch_dims=(1, 1), train=True, seed=0)
+
+
+@pytest.mark.parametrize("nearest", [False, True])
+def test_to_content_skips_the_identity_resize_and_matches_it(nearest):
+    """At the content size the resize is skipped (the synthetic set's images): the values
+    come back unchanged (image as float32, id maps in their dtype), equal to what the
+    resize itself gives up to float rounding, and mirrored when flipped; another size
+    still resizes."""
+    rng = np.random.default_rng(0)
+    if nearest:
+        values = tf.constant(rng.integers(0, 5, (12, 9, 1)).astype(np.int8))
+    else:
+        values = tf.constant(rng.integers(0, 256, (12, 9, 3)).astype(np.uint8))
+    method = "nearest" if nearest else "bilinear"
+    for flip in (False, True):
+        out = input_pipeline._to_content(values, tf.constant(flip), 12, 9,
+                                         nearest=nearest).numpy()
+        expected = values.numpy() if nearest else values.numpy().astype(np.float32)
+        np.testing.assert_array_equal(out, expected[:, ::-1] if flip else expected)
+        assert out.dtype == expected.dtype
+        resized = tf.image.resize(values, [12, 9], method=method, antialias=not nearest)
+        resized = resized.numpy()
+        np.testing.assert_allclose(out, resized[:, ::-1] if flip else resized, atol=1e-3)
+    smaller = input_pipeline._to_content(values, tf.constant(False), 6, 5, nearest=nearest)
+    np.testing.assert_array_equal(
+        smaller.numpy(), tf.image.resize(values, [6, 5], method=method,
+                                         antialias=not nearest).numpy())
