@@ -1,13 +1,16 @@
 """Checks the README's results table against a run of the main job.
 
-    python benchmarks/check_readme.py --workdir W [--tolerance 0.02] [--readme README.md] [--run]
+    python benchmarks/check_readme.py --workdir W [--tolerance 0.02] [--readme README.md]
+        [--run [--budget 600]]
 
 Compares the table under the README's "## Results of the main command" heading with
 ``W/metrics.md``, the table the main job (``python -m sln_jax.demo --workdir W``) writes;
-``--run`` runs the main job into W first. Exits 0 when they agree, 1 naming every metric that
-differs (values by more than ``--tolerance``, absolute; pair counts by more than
-``--tolerance`` relative, since XLA's CPU code may differ slightly between processors) or
-that only one of the two tables has, 2 when a file or table is missing.
+``--run`` runs the main job into W first and times it: the job's budget is 10 minutes end to
+end on 2 CPU cores (``--budget`` seconds). Exits 0 when they agree (and the run kept to its
+budget), 1 naming every metric that differs (values by more than ``--tolerance``, absolute;
+pair counts by more than ``--tolerance`` relative, since XLA's CPU code may differ slightly
+between processors) or that only one of the two tables has, and a run over budget, 2 when a
+file or table is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_SECTION = "## Results of the main command"
@@ -97,13 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=os.path.join(REPO, "README.md"))
     parser.add_argument("--run", action="store_true",
                         help="run the main job into --workdir first")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="with --run: the main job's wall-time budget in seconds")
     args = parser.parse_args(argv)
+    over_budget = []
     if args.run:
+        start = time.monotonic()
         status = subprocess.call([sys.executable, "-m", "sln_jax.demo",
                                   f"--workdir={args.workdir}"], cwd=REPO)
+        seconds = time.monotonic() - start
         if status:
             print(f"check_readme: the main job failed (exit {status})", file=sys.stderr)
             return 2
+        print(f"main job: {seconds:.0f} s end to end (budget {args.budget:.0f} s)")
+        if seconds > args.budget:
+            over_budget.append(f"the main job took {seconds:.0f} s, over its budget of "
+                               f"{args.budget:.0f} s")
     path = os.path.join(args.workdir, METRICS_MARKDOWN)
     tables = []
     for source, read in ((args.readme, readme_table), (path, parse_table)):
@@ -119,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"README results table differs from {path} (tolerance {args.tolerance}):")
         for line in problems:
             print(f"  {line}")
+    for line in over_budget:
+        print(f"check_readme: {line}")
+    if problems or over_budget:
         return 1
     print(f"README results table matches {path} ({len(run)} metrics, tolerance "
           f"{args.tolerance})")

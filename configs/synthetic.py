@@ -72,7 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The main job's budget is 10 minutes on 2 cores end to end; 600 steps (~3 min) left the
     # box classifier and the layering head undertrained (measured: AP50 0.52 -> 0.66 at 1000).
-    config.train.num_steps = 1500
+    # 1700 since the input pipeline stopped slowing the step (README: AP50 0.759 -> 0.778,
+    # order accuracy 0.674 -> 0.689 on seed 0 against 1500 steps).
+    config.train.num_steps = 1700
     config.train.log_every = 25
 
     config.optim.name = "adamw"

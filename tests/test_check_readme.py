@@ -93,3 +93,33 @@ def test_malformed_tables_are_errors():
         check_readme.readme_table("# nothing\n")
     with pytest.raises(ValueError, match="not a metric and a number"):
         check_readme.parse_table("| metric | value |\n|---|---|\n| amodal/AP | n/a |\n")
+
+
+def test_run_is_timed_against_the_budget(tmp_path, monkeypatch, capsys):
+    """--run times the main job: over --budget it fails (exit 1) even when the table agrees;
+    within budget it passes; a failing job is exit 2."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    clock = {"now": 0.0}
+    calls = []
+
+    def fake_job(command, cwd):
+        calls.append(command)
+        demo.write_results_table(str(workdir), METRICS)
+        clock["now"] += clock["job_seconds"]
+        return clock.get("status", 0)
+
+    monkeypatch.setattr(check_readme.subprocess, "call", fake_job)
+    monkeypatch.setattr(check_readme.time, "monotonic", lambda: clock["now"])
+    args = ["--workdir", str(workdir), "--readme", str(readme), "--run", "--budget", "600"]
+    clock["job_seconds"] = 540.0
+    assert check_readme.main(args) == 0
+    assert calls[-1][1:] == ["-m", "sln_jax.demo", f"--workdir={workdir}"]
+    assert "main job: 540 s end to end (budget 600 s)" in capsys.readouterr().out
+    clock["job_seconds"] = 640.0
+    assert check_readme.main(args) == 1
+    assert "took 640 s, over its budget of 600 s" in capsys.readouterr().out
+    clock["status"] = 3
+    assert check_readme.main(args) == 2
