@@ -118,10 +118,12 @@ def _box_overlaps(boxes: np.ndarray, n: int, image_size: tuple[int, int]):
     bottom = np.ceil(np.minimum.outer(boxes[:, 2], boxes[:, 2])).astype(np.int64)
     right = np.ceil(np.minimum.outer(boxes[:, 3], boxes[:, 3])).astype(np.int64)
     pairs = np.triu((bottom > top) & (right > left), k=1)
+    # Clipped after the pairs are found: boxes meeting outside the image stay a pair.
+    top, bottom = np.clip(top, 0, height), np.clip(bottom, 0, height)
+    left, right = np.clip(left, 0, width), np.clip(right, 0, width)
     for i, j in zip(*np.nonzero(pairs)):
         i, j = int(i), int(j)
-        yield i, j, (min(max(int(top[i, j]), 0), height), min(max(int(left[i, j]), 0), width),
-                     min(max(int(bottom[i, j]), 0), height), min(max(int(right[i, j]), 0), width))
+        yield i, j, (int(top[i, j]), int(left[i, j]), int(bottom[i, j]), int(right[i, j]))
 
 
 def from_layer_windows(layers: Sequence[np.ndarray], boxes: np.ndarray,

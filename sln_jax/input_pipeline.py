@@ -120,19 +120,16 @@ def _to_content(values, flip, new_h, new_w, *, nearest: bool):
     of ids (nearest neighbour, dtype kept; ``canvas.resize_nearest`` is its NumPy twin)."""
     import tensorflow as tf
 
-    if nearest:
-        def resize():
-            return tf.image.resize(values, [new_h, new_w], method="nearest")
-    else:
-        values = tf.cast(values, tf.float32)
-
-        def resize():
-            return tf.image.resize(values, [new_h, new_w], method="bilinear", antialias=True)
+    if not nearest:
+        values = tf.cast(values, tf.float32)  # what the bilinear resize returns
     # Already at the content size (the synthetic set, images converted at the canvas size):
-    # the resize is the identity, and skipping it halves the pipeline's CPU per example.
+    # the resize is the identity, and skipping it cut the pipeline's CPU by a third (main
+    # job: ~24 -> ~16 ms per batch of 8).
     same = tf.logical_and(tf.equal(tf.shape(values)[0], new_h),
                           tf.equal(tf.shape(values)[1], new_w))
-    values = tf.cond(same, lambda: values, resize)
+    values = tf.cond(same, lambda: values, lambda: tf.image.resize(
+        values, [new_h, new_w], method="nearest" if nearest else "bilinear",
+        antialias=not nearest))
     return tf.cond(flip, lambda: values[:, ::-1], lambda: values)
 
 
