@@ -106,6 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
     # pairs, 'head' 0.640, 'soft' 0.619 (same checkpoint, trained with the order head).
     config.model.order_rule = "hidden_else_score"
     config.model.occluder_score = 0.5
+    # A predicted hidden part under this fraction of its amodal mask is called visible
+    # (sln_jax/postprocess.py): stray hidden pixels at a mask's rim otherwise make an
+    # unoccluded object "occluded". 0 keeps them (the paper's decoding).
+    config.model.min_hidden_fraction = 0.0
     # 128 as Panoptic FPN's semantic head (Kirillov et al. 2019), whose design the GLM follows
     # (docs/SLN.md: the reference's GLM is a frozen DeepLab): its 3x3 convs at stride 4 are
     # its whole cost, and at 256 it cost as much as a ResNet-50 at 512 px

@@ -42,7 +42,7 @@ CONFIG_FILE = "config.json"
 # config.model fields that only steer post-processing: a checkpoint serves any value.
 INFERENCE_FIELDS = frozenset({"score_threshold", "nms_threshold", "max_detections",
                               "order_pairs_eval", "occlusion", "occluder_score",
-                              "order_rule"})
+                              "order_rule", "min_hidden_fraction"})
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -185,6 +185,7 @@ ADDED_FIELDS = {
     ("model", "occlusion"): "layers",
     ("model", "order_rule"): "soft",
     ("model", "occluder_score"): 0.5,
+    ("model", "min_hidden_fraction"): 0.0,
     ("loss", "layers_form"): "softmax",
     ("model", "semantic_channels"): 0,
     ("data", "semantic_channels"): 0,

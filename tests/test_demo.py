@@ -69,3 +69,20 @@ def test_a_failing_data_step_is_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
     assert "--num_train must be >= 0, got -3" in done.stderr
     assert "sln_jax.demo: error: python -m data_prep.synthetic failed" in done.stderr
+
+
+def test_synthetic_configs_min_hidden_fraction_is_the_generators_minimum():
+    """The main job calls hidden parts under the generator's minimum occluded fraction
+    visible; the two must move together."""
+    import importlib.util
+
+    from data_prep import synthetic
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "synthetic.py")
+    spec = importlib.util.spec_from_file_location("synthetic_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.model.min_hidden_fraction == synthetic.SceneConfig().min_occluded_fraction
+    assert config.model.min_hidden_fraction > 0

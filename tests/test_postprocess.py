@@ -240,3 +240,30 @@ def test_to_instances_equals_decoding_full_image_pastes(head):
                 assert a["depth_order"].get(j, 0) == want, (i, j, evidence)
                 ordered += want != 0
         assert ordered > 0
+
+
+@pytest.mark.parametrize("fraction, b_occluded", [(0.0, True), (0.1, True), (0.2, False)])
+def test_hidden_parts_under_min_hidden_fraction_are_called_visible(fraction, b_occluded):
+    # B's hidden part (rows 16..23, cols 24..39) is ~128 of its ~1024 amodal pixels: 12.4 %
+    # after pasting.
+    a, b = postprocess.to_instances(_two_detections(), (64, 64), (64, 64),
+                                    model_config(num_layers=K, min_hidden_fraction=fraction))
+    assert a["occlude_rate"] == 0.0 and (a["visible"] == a["amodal"]).all()
+    hidden = b["amodal"] & ~b["visible"]
+    if b_occluded:
+        assert abs(int(hidden.sum()) - 128) <= 2
+        assert b["occlude_rate"] == pytest.approx(hidden.sum() / b["amodal"].sum())
+        np.testing.assert_array_equal(b["layers"][hidden], 1)
+    else:
+        assert b["occlude_rate"] == 0.0 and not hidden.any()
+        np.testing.assert_array_equal(b["layers"][b["amodal"]], 0)
+    np.testing.assert_array_equal(b["layers"][~b["amodal"]], -1)
+    # The order is read from the probabilities, before the slivers are dropped.
+    assert b["depth_order"] == {0: -1}
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_min_hidden_fraction_out_of_range_is_refused(fraction):
+    with pytest.raises(ValueError, match="min_hidden_fraction"):
+        postprocess.to_instances(_two_detections(), (64, 64), (64, 64),
+                                 model_config(num_layers=K, min_hidden_fraction=fraction))
