@@ -1,6 +1,6 @@
 """Where a trained SLN's errors are: classification, duplicates, layering or decoding.
 
-    python benchmarks/diagnose.py --workdir W [--batch 8]
+    python benchmarks/diagnose.py --workdir W [--batch 8] [--split train --limit 400]
 
 On a trained workdir (the main job's, ``python -m sln_jax.demo --workdir W``: its
 ``config.json``, latest checkpoint, val records and val annotations) this runs the model on
@@ -33,6 +33,10 @@ FPN, GLM, box head, layering head) to the checkpoint's variables, exactly as ``S
 them; on the detector's boxes this reproduces the model's layer outputs (checked, printed).
 Metrics and matching reuse ``sln_jax.evaluation``; masks, layers and the current depth
 order come from ``sln_jax.postprocess``.
+
+``--split train`` runs all of it on (the first ``--limit`` images of) the train split, with
+the annotations the converter recorded for it: choose a decoding rule or threshold there,
+then check it once on val, so that val stays a test set.
 """
 
 from __future__ import annotations
@@ -643,7 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="a trained workdir (the main job's)")
     parser.add_argument("--batch", type=int, default=8, help="images per model call")
     parser.add_argument("--limit", type=int, default=None,
-                        help="only the first N val images (the GT is cut to them)")
+                        help="only the first N images (the GT is cut to them)")
+    parser.add_argument("--split", default=None,
+                        help="the records split to diagnose (default: the config's eval "
+                             "split, val); its annotations are those the converter recorded")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     import tensorflow as tf
@@ -653,12 +660,15 @@ def main(argv: list[str] | None = None) -> int:
 
     config = checkpoints.load_config(args.workdir)
     checkpoint = checkpoints.load_checkpoint(args.workdir)
+    if args.split is not None and args.split != config.data.eval_split:
+        config.data.eval_split = args.split
+        config.eval.gt_json = ""  # the split's annotations from the records' metadata
     variables = {"params": checkpoint["params"], "batch_stats": checkpoint["batch_stats"]}
     gt_json = train._eval_gt_json(config)
     gt_data = ground_truth.load_json(gt_json)
     categories = {c["id"]: c.get("name", str(c["id"])) for c in gt_data["categories"]}
     print(f"workdir {args.workdir}: step {checkpoint['step']}, head {config.model.head}, "
-          f"K = {config.model.num_layers}, val {gt_json}")
+          f"K = {config.model.num_layers}, {config.data.eval_split} {gt_json}")
     detector, oracle = Source("detector boxes (the evaluation)"), Source(
         "ground-truth boxes fed to the layering head (score: box head's P(true class))",
         min_score=0.0)
@@ -674,10 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         gt_data = dict(gt_data, images=[i for i in gt_data["images"] if i["id"] in seen],
                        annotations=[a for a in gt_data["annotations"] if a["image_id"] in seen])
-    print(f"{count} val images, model + decoding {time.perf_counter() - model_start:.1f} s; "
-          f"heads applied on the detector's boxes vs the model's outputs (first batch): max "
-          f"|diff| "
-          f"{worst:.2e}")
+    print(f"{count} {config.data.eval_split} images, model + decoding "
+          f"{time.perf_counter() - model_start:.1f} s; heads applied on the detector's boxes "
+          f"vs the model's outputs (first batch): max |diff| {worst:.2e}")
     for source in (detector, oracle):
         print(report(source, gt_data, categories, config.model.head))
     print(f"total {time.perf_counter() - start:.1f} s")

@@ -330,3 +330,14 @@ def test_main_on_a_trained_workdir(tiny_run, capsys):
     out = capsys.readouterr().out
     assert "step 2" in out and "3 val images" in out
     assert "detector boxes (the evaluation)" in out and "ground-truth boxes" in out
+
+
+@pytest.mark.slow
+def test_main_on_the_train_split(tiny_run, capsys):
+    """--split train diagnoses the train records against the train annotations the
+    converter recorded (rules are chosen there, so that val stays a test set)."""
+    assert diagnose.main(["--workdir", str(tiny_run.workdir), "--batch", "2",
+                          "--split", "train", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 train images" in out and "train.json" in out
+    assert "detector boxes (the evaluation)" in out and "ground-truth boxes" in out
