@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = config.data.get_ref("num_classes")
     config.model.num_layers = config.data.get_ref("num_layers")
     config.model.semantic_channels = config.data.get_ref("semantic_channels")
+    # Our addition: the GLM also predicts that S_sem-class map (its softmax feeds the layering
+    # head) and the records' maps are only its training target, so inference needs no map
+    # (sln_jax/models/glm.py). Off: the map is an input, as the reference's DeepLab output.
+    config.model.semantic_head = False
     config.model.anchor_sizes = (32, 64, 128, 256, 512)
     config.model.anchor_ratios = (0.5, 1.0, 2.0)
     config.model.rpn_pre_nms_topk = 2000
@@ -129,6 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.amodal = 1.0
     config.loss.semdist = 1.0
     config.loss.glm = 1.0
+    config.loss.semantic = 1.0
     config.loss.order = 1.0
     config.loss.occluded_pixel_weight = 1.0  # layers CE weight of hidden pixels
     # 'softmax': the K layers and background exclusive per pixel (ours); 'sigmoid': the

@@ -188,6 +188,8 @@ ADDED_FIELDS = {
     ("model", "min_hidden_fraction"): 0.0,
     ("loss", "layers_form"): "softmax",
     ("model", "semantic_channels"): 0,
+    ("model", "semantic_head"): False,
+    ("loss", "semantic"): 1.0,
     ("data", "semantic_channels"): 0,
 }
 

@@ -54,7 +54,7 @@ from sln_jax import semantic as semantic_maps
 from sln_jax.detections import Detections
 from sln_jax.evaluation import ground_truth
 from sln_jax.images import UnreadableImageError, load_image
-from sln_jax.models.sln import SLN, semantic_channels
+from sln_jax.models.sln import SLN, semantic_channels, semantic_head_on
 
 __all__ = [
     "find_images",
@@ -210,6 +210,7 @@ class Predictor:
         if score_threshold is not None:
             with config.unlocked():
                 config.model.score_threshold = float(score_threshold)
+        postprocess.check_config(config.model)
         self.config = config
         sizes = canvas_sizes or canvas.default_canvas_sizes(config.data.image_size)
         self.canvas_sizes = tuple(sorted(int(s) for s in sizes))
@@ -227,7 +228,10 @@ class Predictor:
 
     @property
     def semantic_channels(self) -> int:
-        """S_sem: classes of the semantic map each image needs (0 = the model takes none)."""
+        """S_sem: classes of the semantic map each image needs (0 = the model takes none,
+        also when it predicts the map itself, ``config.model.semantic_head``)."""
+        if semantic_head_on(self.config.model):
+            return 0
         return semantic_channels(self.config.model)
 
     def _trace_forward(self, variables, images, semantic):

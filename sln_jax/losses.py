@@ -34,11 +34,13 @@ Terms (each normalized so that padding and unsampled entries never contribute):
   positive ROIs.
 * ``glm``: softmax cross-entropy of the global layering map at stride 4, mean over pixels
   inside the image content (canvas padding ignored).
+* ``semantic`` (``config.model.semantic_head``): cross-entropy of the GLM's semantic map
+  against the batch's class fractions at stride 4, mean over the cells that hold a class.
 * ``order`` (``config.model.order_head``): binary cross-entropy of the order head's logit
   (first ROI of a pair in front) against the GT depth ranks, mean over the chosen pairs.
 
 Loss config fields (``config.loss``): rpn_cls, rpn_box, box_cls, box_reg, layers, amodal,
-semdist, glm, order (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
+semdist, glm, semantic, order (term weights; terms whose outputs are absent, e.g. ``semdist`` for head 'layers',
 are not reported), occluded_pixel_weight (see ``layers``) and layers_form ('softmax' |
 'sigmoid', see above).
 """
@@ -53,7 +55,7 @@ import optax
 __all__ = ["compute", "smooth_l1", "amodal_log_probs", "layer_log_probs", "TERMS"]
 
 TERMS = ("rpn_cls", "rpn_box", "box_cls", "box_reg", "layers", "amodal", "semdist", "glm",
-         "order")
+         "semantic", "order")
 RPN_BETA = 1.0 / 9.0
 BOX_BETA = 1.0
 
@@ -150,6 +152,15 @@ def _glm_terms(outputs: dict) -> dict:
     return {"glm": _masked_mean(ce, outputs["global_valid"])}
 
 
+def _semantic_terms(outputs: dict) -> dict:
+    """Cross-entropy of the GLM's semantic map against the cells' class fractions (soft
+    targets), mean over the cells that hold a class."""
+    log_probs = jax.nn.log_softmax(outputs["semantic_logits"], axis=-1)
+    targets = outputs["semantic_targets"]
+    ce = -jnp.sum(targets * log_probs, axis=-1) / jnp.maximum(targets.sum(axis=-1), 1e-6)
+    return {"semantic": _masked_mean(ce, outputs["semantic_valid"])}
+
+
 def _order_terms(outputs: dict) -> dict:
     """Binary cross-entropy of the order logits on the chosen, labelled pairs (mean over
     them; 0 when a batch has none)."""
@@ -179,6 +190,8 @@ def compute(outputs: dict, loss_config: ml_collections.ConfigDict
         terms.update(_semdist_terms(outputs))
     if "global_logits" in outputs:
         terms.update(_glm_terms(outputs))
+    if "semantic_logits" in outputs:
+        terms.update(_semantic_terms(outputs))
     if "order_logits" in outputs:
         terms.update(_order_terms(outputs))
     total = jnp.zeros((), jnp.float32)

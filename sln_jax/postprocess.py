@@ -18,7 +18,7 @@ head 'semdist' the decoded levels (``sln_jax.semdist.depth_order`` on the pair's
 mean P(hidden | object) over the overlap (a tie: the higher score); 'head' takes the sign of
 the order head's logit on the pairs it scored (``order_known``), the soft rule on the others. Last, with
 ``config.model.occlusion`` 'layers_and_order' or 'order', each instance's hidden part is
-made to agree with that order (``_hidden_behind_occluders``). Last, a hidden part smaller
+made to agree with that order (``_hidden_behind_occluders``). Then a hidden part smaller
 than ``config.model.min_hidden_fraction`` of its amodal mask is called visible
 (``_drop_hidden_slivers``).
 ``to_coco_results`` writes the entries of ARCHITECTURE.md's "Results JSON".
@@ -32,7 +32,31 @@ import numpy as np
 from sln_jax import canvas, depth_order, layering, semdist
 from sln_jax.detections import Detections
 
-__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs"]
+__all__ = ["to_instances", "to_coco_results", "layer_probs", "decode_layer_probs",
+           "check_config"]
+
+OCCLUSION_RULES = ("layers", "layers_and_order", "order")
+ORDER_RULES = depth_order.PROBABILITY_RULES + ("head",)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first bad decoding field of ``config.model``.
+
+    Training and ``sln_jax.infer`` call it when they start, so a mistyped
+    ``--config.model.occlusion`` fails at once, not after training at the first evaluation.
+    """
+    occlusion = config.get("occlusion", "layers")
+    if occlusion not in OCCLUSION_RULES:
+        raise ValueError(f"config.model.occlusion must be one of {OCCLUSION_RULES}, got "
+                         f"{occlusion!r}")
+    rule = config.get("order_rule", "soft")
+    if rule not in ORDER_RULES:
+        raise ValueError(f"config.model.order_rule must be one of {ORDER_RULES}, got {rule!r}")
+    if rule == "head" and not config.get("order_head", False):
+        raise ValueError("config.model.order_rule 'head' needs config.model.order_head")
+    fraction = float(config.get("min_hidden_fraction", 0.0))
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config.model.min_hidden_fraction must be in [0, 1), got {fraction}")
 
 
 def layer_probs(layer_logits: np.ndarray) -> np.ndarray:
@@ -86,6 +110,7 @@ def to_instances(outputs: dict, image_size, orig_size,
       [H, W], ``layers`` int32 [H, W] (-1 outside the amodal mask), ``occlude_rate`` float in
       [0, 1], ``depth_order`` {index of another instance: +1 in front of it / -1 behind}.
     """
+    check_config(config)
     valid = np.asarray(outputs["valid"], bool)
     if config.head == "layers":
         if "layer_logits" not in outputs:
@@ -147,9 +172,6 @@ def to_instances(outputs: dict, image_size, orig_size,
     return instances
 
 
-OCCLUSION_RULES = ("layers", "layers_and_order", "order")
-
-
 def _hidden_behind_occluders(instances: list[dict], order: np.ndarray,
                              config: ml_collections.ConfigDict) -> None:
     """Makes each instance's hidden part agree with the depth order (in place).
@@ -169,9 +191,6 @@ def _hidden_behind_occluders(instances: list[dict], order: np.ndarray,
     the head called visible) and ``occlude_rate`` are updated together.
     """
     rule = config.get("occlusion", "layers")
-    if rule not in OCCLUSION_RULES:
-        raise ValueError(f"config.model.occlusion must be one of {OCCLUSION_RULES}, got "
-                         f"{rule!r}")
     if rule == "layers" or not instances:
         return
     threshold = float(config.occluder_score)
@@ -203,9 +222,6 @@ def _drop_hidden_slivers(instances: list[dict], min_fraction: float) -> None:
     dropping hidden parts under 2 % turned 27 of 81 false "occluded" calls right and 10 of
     102 right ones wrong (``benchmarks/diagnose.py``). 0 keeps every hidden pixel.
     """
-    if not 0.0 <= min_fraction < 1.0:
-        raise ValueError(f"config.model.min_hidden_fraction must be in [0, 1), got "
-                         f"{min_fraction}")
     if min_fraction == 0.0:
         return
     for instance in instances:
@@ -224,8 +240,6 @@ def _learned_order(outputs: dict, keep: np.ndarray,
     did not score the pair) when ``config.order_rule`` is 'head', else None."""
     if config.get("order_rule", "soft") != "head":
         return None
-    if not config.get("order_head", False):
-        raise ValueError("config.model.order_rule 'head' needs config.model.order_head")
     if "order_logits" not in outputs or "order_known" not in outputs:
         raise ValueError("to_instances: config.model.order_rule 'head' needs "
                          "outputs['order_logits'] and outputs['order_known']")

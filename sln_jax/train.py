@@ -452,6 +452,7 @@ class Trainer:
     def __init__(self, config, mesh: Mesh | None = None):
         check_shared_fields(config)
         sln.check_config(config.model)
+        postprocess.check_config(config.model)
         self.config = config
         self.mesh = create_mesh() if mesh is None else mesh
         self.model = sln.SLN(config.model)

@@ -383,3 +383,22 @@ def test_predictor_takes_the_semantic_map_as_an_argument(tmp_path):
     assert summary["num_images"] == 1 and summary["num_unreadable"] == 1
     assert "b.png: no semantic map" in summary["unreadable"][0]["error"]
     assert predictor.compiled_shapes == [(1, 64, 64, 3)]
+
+
+def test_predictor_of_a_semantic_head_model_needs_no_map():
+    """semantic_head: the model predicts its class map, so a plain image is enough."""
+    import jax
+
+    from sln_jax.models.sln import SLN
+    from tiny_dataset import load_tiny_config
+
+    config = load_tiny_config()
+    config.model.semantic_channels = 6
+    config.model.semantic_head = True
+    variables = jax.jit(SLN(config.model).init)(jax.random.key(0),
+                                                np.zeros((1, 64, 64, 3), np.float32))
+    predictor = infer.Predictor.from_variables(config, variables, canvas_sizes=(64,),
+                                               score_threshold=0.0)
+    assert predictor.semantic_channels == 0
+    instances = predictor.predict(_random_rgb(40, 56))
+    assert instances and all(inst["amodal"].shape == (40, 56) for inst in instances)

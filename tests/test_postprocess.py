@@ -267,3 +267,22 @@ def test_min_hidden_fraction_out_of_range_is_refused(fraction):
     with pytest.raises(ValueError, match="min_hidden_fraction"):
         postprocess.to_instances(_two_detections(), (64, 64), (64, 64),
                                  model_config(num_layers=K, min_hidden_fraction=fraction))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("occlusion", "pixels", "occlusion"),
+    ("order_rule", "front", "order_rule"),
+    ("min_hidden_fraction", 1.5, "min_hidden_fraction"),
+])
+def test_check_config_names_the_bad_decoding_field(field, value, message):
+    cfg = model_config(num_layers=K)
+    postprocess.check_config(cfg)  # the test config decodes
+    cfg[field] = value
+    with pytest.raises(ValueError, match=message):
+        postprocess.check_config(cfg)
+
+
+def test_check_config_refuses_the_head_rule_without_an_order_head():
+    cfg = model_config(num_layers=K, order_head=False, order_rule="head")
+    with pytest.raises(ValueError, match="order_head"):
+        postprocess.check_config(cfg)

@@ -319,3 +319,63 @@ def test_semantic_input_is_required_exactly_when_configured():
                        jax.random.key(0), images)
     with pytest.raises(ValueError, match="semantic_channels must be >= 0"):
         check_config(model_config(semantic_channels=-1))
+
+
+def test_semantic_head_predicts_the_map_trains_on_it_and_infers_without_it():
+    """semantic_head: the GLM grows S_sem logits, whose softmax feeds the layering head
+    (changing the GLM's semantic conv changes the head's logits); training reads the batch's
+    map as the target of a 'semantic' loss term with gradients into that conv; inference
+    takes no map."""
+    channels = 4
+    cfg = model_config(semantic_channels=channels, semantic_head=True)
+    batch = scene_batch(64, num_layers=cfg.num_layers)
+    images = jnp.asarray(batch["image"])
+    model = SLN(cfg)
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    glm = variables["params"]["glm"]
+    assert glm["semantic"]["kernel"].shape[-1] == channels
+    assert glm["logits"]["kernel"].shape[-1] == cfg.num_layers
+    plain = jax.eval_shape(SLN(model_config()).init, jax.random.key(0), images)
+    assert (variables["params"]["layer_head"]["conv1"]["kernel"].shape[2]
+            == plain["params"]["layer_head"]["conv1"]["kernel"].shape[2] + channels)
+
+    outputs = jax.jit(model.apply)(variables, images)  # no semantic map needed
+    assert outputs["global_logits"].shape == (2, 16, 16, cfg.num_layers)
+    shifted = jax.tree_util.tree_map(lambda x: x, variables)
+    shifted["params"]["glm"]["semantic"]["bias"] = jnp.arange(channels, dtype=jnp.float32) * 3
+    moved = jax.jit(model.apply)(shifted, images)
+    valid = np.asarray(outputs["valid"])
+    assert valid.any()
+    assert not np.allclose(np.asarray(moved["layer_logits"])[valid],
+                           np.asarray(outputs["layer_logits"])[valid])
+
+    rng = np.random.default_rng(3)
+    fractions = rng.dirichlet(np.ones(channels), (2, 16, 16)).astype(np.float32)
+    fractions[:, 12:] = 0.0  # canvas padding: no class, not scored
+    gt = dict(_gt(batch), semantic=jnp.asarray(fractions))
+
+    def loss_fn(params):
+        out = model.apply({"params": params}, images, gt, train=True,
+                          rngs={"sampling": jax.random.key(1)})
+        return losses.compute(out, loss_config(semantic=1.0))[0], out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+    assert out["semantic_logits"].shape == (2, 16, 16, channels)
+    np.testing.assert_array_equal(np.asarray(out["semantic_valid"])[:, 12:], False)
+    assert np.asarray(out["semantic_valid"])[:, :12].all()
+    log_p = jax.nn.log_softmax(out["semantic_logits"], axis=-1)
+    expected = float(np.mean(-np.sum(fractions * np.asarray(log_p), -1)[:, :12]))
+    metrics = losses.compute(out, loss_config(semantic=1.0))[1]
+    assert float(metrics["loss/semantic"]) == pytest.approx(expected, rel=1e-5)
+    assert np.abs(np.asarray(grads["glm"]["semantic"]["kernel"])).sum() > 0
+    with pytest.raises(ValueError, match="batch needs 'semantic'"):
+        jax.eval_shape(functools.partial(model.apply, train=True,
+                                         rngs={"sampling": jax.random.key(1)}),
+                       variables, images, _gt(batch))
+
+
+def test_semantic_head_needs_the_glm_and_a_map():
+    with pytest.raises(ValueError, match="semantic_head predicts the semantic map"):
+        check_config(model_config(semantic_channels=4, semantic_head=True, glm=False))
+    with pytest.raises(ValueError, match="semantic_head predicts the semantic map"):
+        check_config(model_config(semantic_head=True))

@@ -98,6 +98,14 @@ def test_trainer_rejects_model_and_data_that_disagree(records):
         train.Trainer(plain)
 
 
+def test_trainer_rejects_a_bad_decoding_field_before_training(records):
+    """A decoding field is read only at evaluation: checked when the Trainer is built."""
+    config = tiny_config(records)
+    config.model.occlusion = "pixels"
+    with pytest.raises(ValueError, match="config.model.occlusion must be one of"):
+        train.Trainer(config)
+
+
 # --------------------------------------------------------- the real SLN, tiny config
 
 

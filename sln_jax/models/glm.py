@@ -4,6 +4,11 @@ A light semantic-FPN head (our choice, see ``docs/SLN.md`` section 3: the refere
 uses a frozen DeepLab instead): every level P2..P5 goes through a 3x3 conv + ReLU and is
 upsampled (nearest) to stride 4; the sum goes through one more 3x3 conv + ReLU and a 1x1 conv
 to K logits per pixel. Its softmax is what the layering head ROI-aligns for every ROI.
+
+With ``semantic_classes`` = S > 0 (``config.model.semantic_head``, our addition) a second 1x1
+conv on the same features predicts the S-class map of visible classes (background + the
+dataset's classes), trained on the records' class maps; the layering head then reads its
+softmax where the reference reads a separate DeepLab's class probabilities.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ class GlobalLayeringModule(nn.Module):
     Attributes:
       num_layers: K, layer classes (0 = background, k = k objects overlap, K-1 = K-1 or more).
       features: channels of the head (``glm_dim``).
+      semantic_classes: S > 0 adds the semantic map's logits (0: none).
     """
     num_layers: int
     features: int
+    semantic_classes: int = 0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -33,7 +40,8 @@ class GlobalLayeringModule(nn.Module):
         """pyramid: [P2..P6] (P6 unused), P_l [B, S/2^l, S/2^l, C].
 
         Returns:
-          float32 [B, S/4, S/4, K] logits of the global layering map.
+          float32 [B, S/4, S/4, K] logits of the global layering map, followed on the last
+          axis by the S semantic logits when ``semantic_classes`` > 0 ([..., K + S]).
         """
         p2 = pyramid[0]
         h, w = p2.shape[1:3]
@@ -48,4 +56,8 @@ class GlobalLayeringModule(nn.Module):
         x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
                             name="fuse")(total))
         logits = nn.Conv(self.num_layers, (1, 1), dtype=self.dtype, name="logits")(x)
+        if self.semantic_classes:
+            semantic = nn.Conv(self.semantic_classes, (1, 1), dtype=self.dtype,
+                               name="semantic")(x)
+            logits = jnp.concatenate([logits, semantic], axis=-1)
         return logits.astype(jnp.float32)

@@ -10,7 +10,9 @@ probability map of each image on its canvas grid at an integer stride s (the inp
 pipeline's ``semantic`` batch key: class fractions at s = 4, ``sln_jax.canvas``). The
 layering head ROI-aligns it like the GLM probabilities and concatenates it to its input
 (the reference's DeepLab class probabilities, ``docs/SLN.md`` section 3); the stride is read
-from its shape. ``model.init`` without it initialises with zeros; ``apply`` needs it.
+from its shape. ``model.init`` without it initialises with zeros; ``apply`` needs it. With
+``semantic_head`` the GLM predicts that map instead (``GlobalLayeringModule``): the given map
+is then only the training target (``gt['semantic']``), and inference needs none.
 
 Everything is static-shape and jittable: the batch is vmapped, sampling draws from the
 ``'sampling'`` rng stream, and no Python loop runs over instances.
@@ -39,6 +41,9 @@ semdist_targets        float32 [B, Np, R, R]                      head 'semdist'
 global_logits          float32 [B, S/4, S/4, K]                   when ``glm``
 global_targets         int32 [B, S/4, S/4]                        stride-4 samples of the map
 global_valid           bool [B, S/4, S/4]                         inside the image content
+semantic_logits        float32 [B, S/4, S/4, S_sem]               when ``semantic_head``
+semantic_targets       float32 [B, S/4, S/4, S_sem]               ``gt['semantic']`` fractions
+semantic_valid         bool [B, S/4, S/4]                         cells with a class
 order_logits           float32 [B, Po]                            when ``order_head``
 order_targets          float32 [B, Po]                            1: first slot in front
 order_valid            bool [B, Po]                               pair chosen and labelled
@@ -103,6 +108,8 @@ Config fields read (``config.model``):
   glm_dim: GLM conv width.
   semantic_channels: S_sem, classes of the semantic map input of the layering head; 0 = no
     such input (absent = 0). A reference to ``config.data.semantic_channels``.
+  semantic_head: the GLM predicts that map (needs ``glm`` and S_sem >= 2; the records' maps
+    are its training target; absent = False).
   score_threshold: detections below this class probability are dropped (inference).
   nms_threshold: per-class detection NMS IoU (inference).
   max_detections: D.
@@ -129,7 +136,7 @@ from sln_jax.ops import sampling
 from sln_jax.ops.anchors import generate_anchors
 
 __all__ = ["SLN", "FPN_STRIDES", "GLM_STRIDE", "num_mask_rois", "check_config",
-           "semantic_channels", "order_head_on", "layer_cues"]
+           "semantic_channels", "semantic_head_on", "order_head_on", "layer_cues"]
 
 FPN_STRIDES = (4, 8, 16, 32, 64)
 GLM_STRIDE = 4
@@ -165,6 +172,16 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if semantic_channels(cfg) < 0:
         raise ValueError(f"config.model.semantic_channels must be >= 0 (0 = no semantic "
                          f"input), got {semantic_channels(cfg)}")
+    if semantic_head_on(cfg) and (not cfg.glm or semantic_channels(cfg) < 2):
+        raise ValueError("config.model.semantic_head predicts the semantic map with the GLM: "
+                         "it needs config.model.glm and config.data.semantic_channels >= 2 "
+                         f"(the records' class maps, its targets); got glm = {cfg.glm}, "
+                         f"semantic_channels = {semantic_channels(cfg)}")
+
+
+def semantic_head_on(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the GLM predicts the semantic map (configs saved before the field: no)."""
+    return bool(cfg.get("semantic_head", False))
 
 
 def order_head_on(cfg: ml_collections.ConfigDict) -> bool:
@@ -213,7 +230,9 @@ class SLN(nn.Module):
         self.fpn = FPN(cfg.fpn_dim, dtype=dtype)
         self.rpn = RPNHead(len(cfg.anchor_ratios), cfg.fpn_dim, dtype=dtype)
         if cfg.glm:
-            self.glm = GlobalLayeringModule(cfg.num_layers, cfg.glm_dim, dtype=dtype)
+            self.glm = GlobalLayeringModule(
+                cfg.num_layers, cfg.glm_dim,
+                semantic_channels(cfg) if semantic_head_on(cfg) else 0, dtype=dtype)
         self.box_head = BoxHead(cfg.num_classes, 4 * cfg.fpn_dim, dtype=dtype)
         self.layer_head = LayeringHead(cfg.head, cfg.num_layers, cfg.num_classes,
                                        cfg.class_agnostic_masks, cfg.mask_head_dim,
@@ -226,7 +245,8 @@ class SLN(nn.Module):
         return self.fpn(self.backbone(images))
 
     def global_layers(self, pyramid: list[jax.Array]) -> jax.Array | None:
-        """GLM logits float32 [B, S/4, S/4, K], or None when ``glm`` is off."""
+        """GLM logits float32 [B, S/4, S/4, K] (with ``semantic_head``, [..., K + S_sem]: the
+        semantic map's logits last), or None when ``glm`` is off."""
         return self.glm(pyramid) if self.config.glm else None
 
     def layer_head_on(self, pyramid: list[jax.Array], global_logits: jax.Array | None,
@@ -235,10 +255,12 @@ class SLN(nn.Module):
         """The layering head on given boxes.
 
         Args:
-          pyramid: ``pyramid(images)``; global_logits: ``global_layers(pyramid)``.
+          pyramid: ``pyramid(images)``; global_logits: ``global_layers(pyramid)`` (with
+            ``semantic_head`` the semantic map is its softmax over the last S_sem logits).
           rois: float32 [B, N, 4] (y1, x1, y2, x2) canvas pixels, e.g. detections or GT boxes.
           classes: int32 [B, N] class (1..C) of each box.
-          semantic: the semantic map of ``__call__`` (needed when ``semantic_channels`` > 0).
+          semantic: the semantic map of ``__call__`` (needed when ``semantic_channels`` > 0
+            without ``semantic_head``).
 
         Returns:
           head 'layers': float32 [B, N, R, R, K] logits; head 'semdist': float32 [B, N, R, R].
@@ -247,11 +269,14 @@ class SLN(nn.Module):
         pooled = pool_rois(pyramid, rois, cfg.mask_pool_size)
         glm_pooled = semantic_pooled = None
         if global_logits is not None:
-            glm_pooled = pool_glm(jax.nn.softmax(global_logits, axis=-1), rois,
-                                  cfg.mask_pool_size)
+            glm_pooled = pool_glm(jax.nn.softmax(global_logits[..., :cfg.num_layers], axis=-1),
+                                  rois, cfg.mask_pool_size)
         if semantic_channels(cfg):
             canvas_side = pyramid[0].shape[1] * FPN_STRIDES[0]
-            semantic = self._check_semantic(semantic, pyramid[0].shape[0], canvas_side)
+            if semantic_head_on(cfg):
+                semantic = jax.nn.softmax(global_logits[..., cfg.num_layers:], axis=-1)
+            else:
+                semantic = self._check_semantic(semantic, pyramid[0].shape[0], canvas_side)
             semantic_pooled = pool_dense(semantic, rois, cfg.mask_pool_size,
                                          semantic.shape[1] / canvas_side)
         return self.layer_head(pooled, classes, glm_pooled, semantic_pooled)
@@ -323,8 +348,10 @@ class SLN(nn.Module):
             raise ValueError("SLN got a semantic map but config.model.semantic_channels is 0; "
                              "set it to the map's number of classes")
         size = images.shape[1]
-        semantic = (self._check_semantic(semantic, images.shape[0], size)
-                    if semantic_channels(cfg) else None)
+        if semantic_head_on(cfg):
+            semantic = None  # predicted by the GLM; a given map is only the training target
+        elif semantic_channels(cfg):
+            semantic = self._check_semantic(semantic, images.shape[0], size)
         pyramid = self.pyramid(images)
 
         rpn_levels = len(cfg.anchor_sizes)
@@ -336,15 +363,18 @@ class SLN(nn.Module):
             proposals, anchors=anchors, canvas_size=size, pre_nms_topk=cfg.rpn_pre_nms_topk,
             post_nms_topk=cfg.rpn_post_nms_topk, nms_threshold=cfg.rpn_nms_threshold)
         prop_boxes, _, prop_valid = jax.vmap(propose)(rpn_logits, rpn_deltas)
-        global_logits = self.global_layers(pyramid)
+        glm_out = self.global_layers(pyramid)
+        global_logits = None if glm_out is None else glm_out[..., :cfg.num_layers]
 
         if train:
             outputs = self._train_outputs(gt, anchors, rpn_logits, rpn_deltas, prop_boxes,
-                                          prop_valid, pyramid, global_logits, semantic)
+                                          prop_valid, pyramid, glm_out, semantic)
             if global_logits is not None:
                 outputs.update(_global_targets(gt, global_logits))
+            if semantic_head_on(cfg):
+                outputs.update(_semantic_targets(gt, glm_out[..., cfg.num_layers:]))
             return outputs
-        outputs = self._detect(prop_boxes, prop_valid, pyramid, global_logits, size, semantic)
+        outputs = self._detect(prop_boxes, prop_valid, pyramid, glm_out, size, semantic)
         if global_logits is None:
             global_logits = jnp.zeros((images.shape[0], size // GLM_STRIDE, size // GLM_STRIDE,
                                        cfg.num_layers), jnp.float32)
@@ -523,6 +553,21 @@ class SLN(nn.Module):
         known_matrix = known_matrix.at[rows, first, second].set(known)
         known_matrix = known_matrix.at[rows, second, first].set(known)
         return {"order_logits": matrix, "order_known": known_matrix}
+
+
+def _semantic_targets(gt: dict, semantic_logits: jax.Array) -> dict:
+    """The GLM's semantic logits with their targets: the batch's class fractions at stride 4
+    (``sln_jax.canvas.class_fractions``), valid on the cells that hold a class."""
+    if "semantic" not in gt:
+        raise ValueError("config.model.semantic_head trains on the records' class maps: the "
+                         "batch needs 'semantic' (convert with --semantic_dir and set "
+                         "config.data.semantic_channels)")
+    targets = jnp.asarray(gt["semantic"], jnp.float32)
+    if targets.shape != semantic_logits.shape:
+        raise ValueError(f"semantic_head: the batch's semantic map {targets.shape} must match "
+                         f"the GLM's grid {semantic_logits.shape} (stride {GLM_STRIDE})")
+    return {"semantic_logits": semantic_logits, "semantic_targets": targets,
+            "semantic_valid": targets.sum(axis=-1) > 0}
 
 
 def _global_targets(gt: dict, global_logits: jax.Array) -> dict:
