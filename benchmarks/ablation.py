@@ -19,6 +19,8 @@ its workdir to redo it). Variants:
 * semantic input (exact classes): the layering head also takes the generator's exact class
   map (background and the 5 classes, ROI-aligned like the GLM map), as the reference feeds
   DeepLab's class probabilities: an upper bound on what a semantic segmentation adds.
+* semantic head (learned): the GLM predicts that class map itself, trained on the exact
+  maps (``config.model.semantic_head``): what of that bound a learned map keeps.
 
   python benchmarks/ablation.py --root workdir/ablation [--steps N] [--only default,no_glm]
       [--markdown FILE]
@@ -50,6 +52,9 @@ VARIANTS = {
     "sigmoid loss (reference)": ["--config.loss.layers_form=sigmoid"],
     "semantic input (exact classes)": ["--config.synthetic.semantic=True",
                                        "--config.model.semantic_channels=6"],
+    "semantic head (learned)": ["--config.synthetic.semantic=True",
+                                "--config.model.semantic_channels=6",
+                                "--config.model.semantic_head=True"],
 }
 COLUMNS = (("amodal/AP50", "AP50"), ("amodal/AP", "AP"), ("modal/AP", "modal AP"),
            ("occlusion/f1", "occl. F1"),
