@@ -225,10 +225,10 @@ def _drop_hidden_slivers(instances: list[dict], min_fraction: float) -> None:
     if min_fraction == 0.0:
         return
     for instance in instances:
-        amodal = instance["amodal"]
-        area = int(amodal.sum())
-        hidden = int((amodal & ~instance["visible"]).sum())
-        if hidden and hidden < min_fraction * area:
+        # occlude_rate is already the hidden share of the amodal area (visible is a subset
+        # of amodal for both heads): no second pass over the image-sized masks.
+        if 0.0 < instance["occlude_rate"] < min_fraction:
+            amodal = instance["amodal"]
             instance["visible"] = amodal.copy()
             instance["layers"] = np.where(amodal, 0, -1).astype(np.int32)
             instance["occlude_rate"] = 0.0
