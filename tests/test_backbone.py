@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sln_jax.models.backbone import FPN, Norm, ResNet
+from sln_jax.models.backbone import FPN, Norm, ResNet, conv_norm
 
 
 def _count(tree) -> int:
@@ -101,3 +101,43 @@ def test_fpn_shapes_top_down_and_p6():
     grad = jax.jit(jax.grad(lambda c5: fpn.apply(variables, inputs[:3] + [c5])[0].sum()))(
         inputs[3])
     assert np.abs(np.asarray(grad)).sum() > 0
+
+
+@pytest.mark.parametrize("kernel,stride,zero_init", [(1, 2, False), (3, 1, True), (7, 2, False)])
+def test_frozen_bn_folded_into_conv_equals_conv_then_norm(kernel, stride, zero_init):
+    """conv_norm folds the frozen BN into the kernel: same outputs and gradients (to float
+    rounding) and the same variables, under the same names, as a conv followed by Norm."""
+    import flax.linen as nn
+
+    class Folded(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return conv_norm(x, 6, kernel, stride, "frozen_bn", jnp.float32, "conv1", "bn1",
+                             zero_init=zero_init)
+
+    class Unfolded(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Conv(6, (kernel, kernel), (stride, stride),
+                        padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
+                        name="conv1")(x)
+            return Norm("frozen_bn", zero_init=zero_init, name="bn1")(y)
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+    folded, unfolded = Folded(), Unfolded()
+    variables = unfolded.init(jax.random.key(1), x)
+    assert (jax.tree.structure(folded.init(jax.random.key(1), x))
+            == jax.tree.structure(variables))
+    keys = iter(jax.random.split(jax.random.key(2), 8))
+    bn = {"scale": jax.random.normal(next(keys), (6,)), "bias": jax.random.normal(next(keys), (6,))}
+    stats = {"mean": jax.random.normal(next(keys), (6,)),
+             "var": jax.random.uniform(next(keys), (6,), minval=0.5, maxval=2.0)}
+    variables = {"params": {"conv1": variables["params"]["conv1"], "bn1": {"bn": bn}},
+                 "batch_stats": {"bn1": {"bn": stats}}}
+    np.testing.assert_allclose(folded.apply(variables, x), unfolded.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+    loss = lambda params, m: (m.apply({**variables, "params": params}, x) ** 2).mean()  # noqa
+    ours = jax.grad(loss)(variables["params"], folded)
+    ref = jax.grad(loss)(variables["params"], unfolded)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sln_jax.models.layers import Conv
+
 __all__ = ["GlobalLayeringModule"]
 
 
@@ -47,17 +49,17 @@ class GlobalLayeringModule(nn.Module):
         h, w = p2.shape[1:3]
         total = 0.0
         for level, p in enumerate(pyramid[:4]):
-            x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
+            x = nn.relu(Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
                                 name=f"level{level + 2}")(p))
             factor = 2 ** level
             if factor > 1:
                 x = jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)[:, :h, :w]
             total = total + x
-        x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
+        x = nn.relu(Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
                             name="fuse")(total))
-        logits = nn.Conv(self.num_layers, (1, 1), dtype=self.dtype, name="logits")(x)
+        logits = Conv(self.num_layers, (1, 1), dtype=self.dtype, name="logits")(x)
         if self.semantic_classes:
-            semantic = nn.Conv(self.semantic_classes, (1, 1), dtype=self.dtype,
+            semantic = Conv(self.semantic_classes, (1, 1), dtype=self.dtype,
                                name="semantic")(x)
             logits = jnp.concatenate([logits, semantic], axis=-1)
         return logits.astype(jnp.float32)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sln_jax.models.layers import Conv
 from sln_jax.ops import boxes as box_ops
 
 __all__ = ["RPNHead", "proposals"]
@@ -46,11 +47,11 @@ class RPNHead(nn.Module):
           A = sum_l h_l * w_l * num_anchors, in anchor order.
         """
         init = nn.initializers.normal(0.01)
-        conv = nn.Conv(self.features, (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
+        conv = Conv(self.features, (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
                        name="conv")
-        cls = nn.Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype,
+        cls = Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype,
                       name="objectness")
-        reg = nn.Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype,
+        reg = Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype,
                       name="deltas")
         logits, deltas = [], []
         for p in pyramid:
