@@ -221,14 +221,14 @@ class FPN(nn.Module):
         features]. S must be divisible by 64 for P6."""
         init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")  # kaiming_uniform(a=1)
         laterals = [Conv(self.features, (1, 1), kernel_init=init, dtype=self.dtype,
-                            name=f"lateral{i + 2}")(c) for i, c in enumerate(inputs)]
+                         name=f"lateral{i + 2}")(c) for i, c in enumerate(inputs)]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             top = merged[0]
             up = jnp.repeat(jnp.repeat(top, 2, axis=1), 2, axis=2)
             merged.insert(0, lateral + up[:, :lateral.shape[1], :lateral.shape[2]])
         outputs = [Conv(self.features, (3, 3), padding=1, kernel_init=init,
-                           dtype=self.dtype, name=f"output{i + 2}")(m)
+                        dtype=self.dtype, name=f"output{i + 2}")(m)
                    for i, m in enumerate(merged)]
         outputs.append(outputs[-1][:, ::2, ::2])  # P6: max_pool(k=1, s=2) of P5
         return outputs

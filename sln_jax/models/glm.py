@@ -50,16 +50,16 @@ class GlobalLayeringModule(nn.Module):
         total = 0.0
         for level, p in enumerate(pyramid[:4]):
             x = nn.relu(Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
-                                name=f"level{level + 2}")(p))
+                             name=f"level{level + 2}")(p))
             factor = 2 ** level
             if factor > 1:
                 x = jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)[:, :h, :w]
             total = total + x
         x = nn.relu(Conv(self.features, (3, 3), padding=1, dtype=self.dtype,
-                            name="fuse")(total))
+                         name="fuse")(total))
         logits = Conv(self.num_layers, (1, 1), dtype=self.dtype, name="logits")(x)
         if self.semantic_classes:
             semantic = Conv(self.semantic_classes, (1, 1), dtype=self.dtype,
-                               name="semantic")(x)
+                            name="semantic")(x)
             logits = jnp.concatenate([logits, semantic], axis=-1)
         return logits.astype(jnp.float32)

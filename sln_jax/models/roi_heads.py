@@ -114,7 +114,7 @@ class InstanceContext(nn.Module):
         """x: [M, r, r, F] ROI features -> [M, r, r, F]: x + P(x * descriptor)."""
         m, r, _, f = x.shape
         attention = Conv(1, (1, 1), kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                            name="attention")(x)[..., 0]
+                         name="attention")(x)[..., 0]
         prior = self.param("position_prior", nn.initializers.zeros, (r, r), jnp.float32)
         weights = jax.nn.softmax((attention.astype(jnp.float32) + prior).reshape(m, r * r),
                                  axis=-1).astype(x.dtype)
@@ -176,18 +176,18 @@ class LayeringHead(nn.Module):
             if i == 2 and self.instance_context:
                 x = InstanceContext(dtype=self.dtype, name="context")(x)
             x = nn.relu(Conv(self.features, (3, 3), padding=1, kernel_init=init,
-                                dtype=self.dtype, name=f"conv{i + 1}")(x))
+                             dtype=self.dtype, name=f"conv{i + 1}")(x))
         # A 2x2 stride-2 transposed conv maps each pixel linearly to its 2x2 output block:
         # written as a 1x1 conv + depth-to-space it is the same function, without the
         # input-dilated convolution that XLA:CPU runs ~50x slower.
         x = Conv(4 * self.features, (1, 1), kernel_init=init, dtype=self.dtype,
-                    name="upsample")(x)
+                 name="upsample")(x)
         x = x.reshape(b * n, r, r, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
         x = nn.relu(x.reshape(b * n, 2 * r, 2 * r, self.features))
         per_set = self.num_layers if self.head == "layers" else 1
         sets = 1 if self.class_agnostic else self.num_classes
         out = Conv(per_set * sets, (1, 1), kernel_init=nn.initializers.normal(0.001),
-                      dtype=self.dtype, name="predictor")(x).astype(jnp.float32)
+                   dtype=self.dtype, name="predictor")(x).astype(jnp.float32)
         out = out.reshape(b, n, 2 * r, 2 * r, sets, per_set)
         if self.class_agnostic:
             out = out[:, :, :, :, 0]
@@ -240,9 +240,9 @@ class OrderHead(nn.Module):
         p = union_pooled.shape[0]
         init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         shared = nn.relu(Conv(self.features, (1, 1), dtype=self.dtype,
-                                 name="reduce")(union_pooled))
+                              name="reduce")(union_pooled))
         shared = nn.relu(Conv(self.features, (3, 3), padding=1, kernel_init=init,
-                                 dtype=self.dtype, name="context")(shared))
+                              dtype=self.dtype, name="context")(shared))
         cues_a, cues_b = cues_a.astype(shared.dtype), cues_b.astype(shared.dtype)
         in_a, in_b = cues_a[..., 0], cues_b[..., 0]
         both = in_a * in_b
@@ -259,7 +259,7 @@ class OrderHead(nn.Module):
                              jnp.concatenate([shared, cues_b, cues_a], axis=-1)], axis=0)
         for i in range(2):
             x = nn.relu(Conv(self.features, (3, 3), padding=1, kernel_init=init,
-                                dtype=self.dtype, name=f"conv{i + 1}")(x))
+                             dtype=self.dtype, name=f"conv{i + 1}")(x))
         local = region_mean(x, jnp.concatenate([both, both], axis=0))
         first = jnp.concatenate([only_a, only_b], axis=0)
         second = jnp.concatenate([only_b, only_a], axis=0)

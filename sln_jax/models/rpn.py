@@ -48,11 +48,11 @@ class RPNHead(nn.Module):
         """
         init = nn.initializers.normal(0.01)
         conv = Conv(self.features, (3, 3), padding=1, kernel_init=init, dtype=self.dtype,
-                       name="conv")
+                    name="conv")
         cls = Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype,
-                      name="objectness")
+                   name="objectness")
         reg = Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype,
-                      name="deltas")
+                   name="deltas")
         logits, deltas = [], []
         for p in pyramid:
             b = p.shape[0]
