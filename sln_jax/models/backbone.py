@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from sln_jax.models.layers import Conv
-from sln_jax.ops.conv import conv_general_dilated
+from sln_jax.ops.conv import add_bias, conv_general_dilated
 from sln_jax.ops.pool import max_pool
 
 __all__ = ["ResNet", "FPN", "Norm", "resnet_spec", "BACKBONES"]
@@ -134,7 +134,7 @@ def conv_norm(x: jax.Array, features: int, kernel: int, stride: int, norm: str, 
         return conv_general_dilated(lhs, rhs * multiplier.astype(rhs.dtype), *args, **kwargs)
 
     y = _conv(features, kernel, stride, conv_name, dtype, conv=folded)(x)
-    return y + offset.astype(y.dtype)
+    return add_bias(y, offset)
 
 
 class BasicBlock(nn.Module):

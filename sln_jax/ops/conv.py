@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated"]
+__all__ = ["add_bias", "conv_general_dilated"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -95,3 +95,38 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """``y + bias`` over the last axis, with the bias gradient as one matrix product.
+
+    The bias gradient of a convolution is the sum of the incoming gradient over the batch
+    and spatial axes. XLA:CPU runs that column reduction at ~0.7 G elements/s: 12-14 ms
+    for [2, 128, 128, 256] or [64, 16, 16, 256] f32 (a P2 level at 512 px; the layering
+    head's 64 ROIs), where ``ones[1, M] @ g.reshape(M, C)`` takes 0.8-1.3 ms (2-core
+    AVX-512 Xeon). On GPU and TPU the product is as good as a reduction.
+
+    Args:
+      y: [..., C] (float32 or bfloat16).
+      bias: [C], cast to y's dtype for the sum.
+
+    Returns:
+      [..., C] in y's dtype. The bias gradient is accumulated in float32 and returned in
+      the bias's dtype; equal to the reduction's up to float summation order.
+    """
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias.astype(y.dtype), bias
+
+
+def _add_bias_bwd(bias, g):
+    rows = g.reshape(-1, g.shape[-1])
+    ones = jnp.ones((1, rows.shape[0]), g.dtype)
+    db = jnp.matmul(ones, rows, preferred_element_type=jnp.float32)[0]
+    return g, db.astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
