@@ -105,7 +105,7 @@ class _FrozenBatchNormAffine(nn.Module):
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype,
-          conv=conv_general_dilated) -> nn.Conv:
+          conv=conv_general_dilated) -> Conv:
     return Conv(features, (kernel, kernel), (stride, stride),
                 padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),

@@ -1,7 +1,7 @@
 """Convolution for the model's Flax convs: ``lax.conv_general_dilated`` with a faster gradient.
 
-``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature and is passed to every
-``nn.Conv`` of ``sln_jax.models`` (``nn.Conv(..., conv_general_dilated=conv_general_dilated)``).
+``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature and is the convolution
+of every ``sln_jax.models.layers.Conv`` (which adds its bias with ``add_bias``, below).
 Its forward pass is ``lax.conv_general_dilated`` itself. What differs is the weight gradient of
 1 x 1 convolutions (NHWC, no dilation, no groups, no padding), which every ResNet bottleneck
 has two or three of, and the FPN, RPN and ROI heads several:
