@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.shuffle_buffer = 512
 
     config.model.backbone = "resnet_tiny"
-    # Width 32 (was 16 until commit c9c5267): the box classifier was the main source of AP
+    # Width 32 (16 up to commit c9c5267): the box classifier was the main source of AP
     # errors (18 % of the matched objects got the wrong class). It costs ~12 % of the step,
     # which the faster max-pool and bias gradients of commits 72f7653 and c9c5267 paid for
     # (README: the main job before and after).

@@ -24,12 +24,9 @@ import jax.numpy as jnp
 from flax.linen import dtypes
 from flax.linen.linear import canonicalize_padding, default_kernel_init
 
-from sln_jax.ops.conv import add_bias, conv_general_dilated
+from sln_jax.ops.conv import NHWC, add_bias, conv_general_dilated
 
 __all__ = ["Conv"]
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
@@ -85,5 +82,5 @@ class Conv(nn.Module):
         y = self.conv_general_dilated(
             inputs, kernel, _pair(self.strides, "strides"), padding,
             rhs_dilation=_pair(self.kernel_dilation, "kernel_dilation"),
-            dimension_numbers=_NHWC, precision=self.precision)
+            dimension_numbers=NHWC, precision=self.precision)
         return add_bias(y, bias) if bias is not None else y

@@ -32,13 +32,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["add_bias", "conv_general_dilated"]
+__all__ = ["NHWC", "add_bias", "conv_general_dilated"]
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+# The model's dimension numbers: activations NHWC, kernels HWIO.
+NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], precision) -> jax.Array:
-    return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=_NHWC,
+    return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=NHWC,
                                     precision=precision)
 
 
@@ -67,7 +68,7 @@ _conv_1x1.defvjp(_conv_1x1_fwd, _conv_1x1_bwd)
 def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
     if dimension_numbers is None:
         return False
-    want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    want = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
     return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == want
 
 

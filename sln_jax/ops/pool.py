@@ -32,7 +32,7 @@ from jax import lax
 __all__ = ["max_pool"]
 
 
-def _pads(padding, window: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def _pads(padding) -> tuple[tuple[int, int], tuple[int, int]]:
     if isinstance(padding, str):
         if padding == "VALID":
             return ((0, 0), (0, 0))
@@ -104,7 +104,7 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None 
     if len(window) != 2 or len(strides) != 2 or min(window + strides) < 1:
         raise ValueError(f"max_pool window and strides must be two ints >= 1, got {window} "
                          f"and {strides}")
-    pads = _pads(padding, window)
+    pads = _pads(padding)
     if x.shape[1] + sum(pads[0]) < window[0] or x.shape[2] + sum(pads[1]) < window[1]:
         raise ValueError(f"max_pool window {window} is larger than the padded input "
                          f"{x.shape[1:3]} + {pads}")
